@@ -3,4 +3,5 @@
 //! Pipeline: [`onnx`] (read/write `ModelProto`) -> graph import -> I-BAU ->
 //! export -> parity check.
 
+pub mod graph;
 pub mod onnx;

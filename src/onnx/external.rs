@@ -20,7 +20,10 @@ pub fn for_each_tensor_mut(model: &mut ModelProto, f: &mut dyn FnMut(&mut Tensor
         graph_tensors_mut(graph, f);
     }
     for info in &mut model.training_info {
-        for g in [info.initialization.as_mut(), info.algorithm.as_mut()].into_iter().flatten() {
+        for g in [info.initialization.as_mut(), info.algorithm.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             graph_tensors_mut(g, f);
         }
     }
@@ -52,7 +55,11 @@ fn attribute_tensors_mut(
 ) {
     attr.t.iter_mut().for_each(&mut *f);
     attr.tensors.iter_mut().for_each(&mut *f);
-    for sparse in attr.sparse_tensor.iter_mut().chain(attr.sparse_tensors.iter_mut()) {
+    for sparse in attr
+        .sparse_tensor
+        .iter_mut()
+        .chain(attr.sparse_tensors.iter_mut())
+    {
         sparse.values.iter_mut().for_each(&mut *f);
         sparse.indices.iter_mut().for_each(&mut *f);
     }
@@ -70,7 +77,11 @@ fn entry<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
 
 /// Reads every external tensor's bytes into its `raw_data` and clears its
 /// external reference; returns which tensors were external.
-pub fn load(model: &mut ModelProto, model_path: &Path, dir: &Path) -> Result<ExternalTensors, OnnxError> {
+pub fn load(
+    model: &mut ModelProto,
+    model_path: &Path,
+    dir: &Path,
+) -> Result<ExternalTensors, OnnxError> {
     let mut external = ExternalTensors::new();
     let mut first_error = None;
     for_each_tensor_mut(model, &mut |t| {
@@ -123,7 +134,10 @@ fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>, String> {
     let path = resolve_location(dir, location)?;
     let parse = |key: &str| -> Result<Option<u64>, String> {
         entry(t, key)
-            .map(|v| v.parse::<u64>().map_err(|_| format!("has a bad `{key}` value `{v}`")))
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("has a bad `{key}` value `{v}`"))
+            })
             .transpose()
     };
     let offset = parse("offset")?.unwrap_or(0);
@@ -165,7 +179,10 @@ pub fn save(
     }
     let file_name = format!(
         "{}.data",
-        output.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        output
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     );
     let data_path = output.with_file_name(&file_name);
     // Never overwrite a data file the input model reads from.

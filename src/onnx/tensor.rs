@@ -65,7 +65,10 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
     let kind = match dtype.kind() {
         Some(kind) => kind,
         None if matches!(dtype.0, 8 | 14 | 15) => {
-            return Err(TensorError::NotNumeric { name: name(), dtype })
+            return Err(TensorError::NotNumeric {
+                name: name(),
+                dtype,
+            })
         }
         None => {
             return Err(TensorError::Unsupported {
@@ -102,7 +105,10 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
                 let mut out = Vec::with_capacity(raw.len());
                 for c in raw.chunks_exact(8) {
                     let v = u64::from_le_bytes(c.try_into().unwrap());
-                    let v = i64::try_from(v).map_err(|_| TensorError::Overflow { name: name(), value: v })?;
+                    let v = i64::try_from(v).map_err(|_| TensorError::Overflow {
+                        name: name(),
+                        value: v,
+                    })?;
                     out.extend_from_slice(&v.to_le_bytes());
                 }
                 out
@@ -134,7 +140,10 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
                 check("uint64_data", t.uint64_data.len())?;
                 let mut out = Vec::with_capacity(n * 8);
                 for &v in &t.uint64_data {
-                    let v = i64::try_from(v).map_err(|_| TensorError::Overflow { name: name(), value: v })?;
+                    let v = i64::try_from(v).map_err(|_| TensorError::Overflow {
+                        name: name(),
+                        value: v,
+                    })?;
                     out.extend_from_slice(&v.to_le_bytes());
                 }
                 out
@@ -146,9 +155,10 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
                 let data = &t.int32_data;
                 match kind {
                     Kind::Int => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    Kind::Int16 | Kind::Half | Kind::BFloat16 => {
-                        data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect()
-                    }
+                    Kind::Int16 | Kind::Half | Kind::BFloat16 => data
+                        .iter()
+                        .flat_map(|&v| (v as u16).to_le_bytes())
+                        .collect(),
                     _ => data.iter().map(|&v| v as u8).collect(),
                 }
             }
@@ -177,7 +187,9 @@ pub fn write_tensor_data(t: &mut TensorProto, value: &Tensor) -> Result<(), Tens
     })?;
     let size = value.size();
     let numel = numel(t)?;
-    if size.iter().product::<i64>() as usize != numel || (size != t.dims && !(size.is_empty() && t.dims.is_empty())) {
+    if size.iter().product::<i64>() as usize != numel
+        || (size != t.dims && !(size.is_empty() && t.dims.is_empty()))
+    {
         return Err(TensorError::ShapeMismatch {
             name,
             expected: t.dims.clone(),
@@ -196,30 +208,55 @@ pub fn write_tensor_data(t: &mut TensorProto, value: &Tensor) -> Result<(), Tens
     if t.raw_data.is_some() {
         t.raw_data = Some(match dtype {
             // Narrow back the unsigned types that were widened on load.
-            DataType::UINT16 => bytes.chunks_exact(4).flat_map(|c| (i32::from_le_bytes(c.try_into().unwrap()) as u16).to_le_bytes()).collect(),
-            DataType::UINT32 => bytes.chunks_exact(8).flat_map(|c| (i64::from_le_bytes(c.try_into().unwrap()) as u32).to_le_bytes()).collect(),
+            DataType::UINT16 => bytes
+                .chunks_exact(4)
+                .flat_map(|c| (i32::from_le_bytes(c.try_into().unwrap()) as u16).to_le_bytes())
+                .collect(),
+            DataType::UINT32 => bytes
+                .chunks_exact(8)
+                .flat_map(|c| (i64::from_le_bytes(c.try_into().unwrap()) as u32).to_le_bytes())
+                .collect(),
             _ => bytes,
         });
         return Ok(());
     }
-    let i64s = || bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()));
+    let i64s = || {
+        bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+    };
     match dtype {
         DataType::FLOAT => {
-            t.float_data = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+            t.float_data = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
         }
         DataType::DOUBLE => {
-            t.double_data = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+            t.double_data = bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
         }
         DataType::INT64 => t.int64_data = i64s().collect(),
         DataType::UINT32 | DataType::UINT64 => t.uint64_data = i64s().map(|v| v as u64).collect(),
         DataType::INT32 | DataType::UINT16 => {
-            t.int32_data = bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
+            t.int32_data = bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
         }
         DataType::INT16 => {
-            t.int32_data = bytes.chunks_exact(2).map(|c| i32::from(i16::from_le_bytes([c[0], c[1]]))).collect()
+            t.int32_data = bytes
+                .chunks_exact(2)
+                .map(|c| i32::from(i16::from_le_bytes([c[0], c[1]])))
+                .collect()
         }
         DataType::FLOAT16 | DataType::BFLOAT16 => {
-            t.int32_data = bytes.chunks_exact(2).map(|c| i32::from(u16::from_le_bytes([c[0], c[1]]))).collect()
+            t.int32_data = bytes
+                .chunks_exact(2)
+                .map(|c| i32::from(u16::from_le_bytes([c[0], c[1]])))
+                .collect()
         }
         DataType::INT8 => t.int32_data = bytes.iter().map(|&b| i32::from(b as i8)).collect(),
         _ => t.int32_data = bytes.iter().map(|&b| i32::from(b)).collect(),
@@ -292,13 +329,19 @@ mod tests {
         assert!(tensor_from_proto(&t).is_err());
         let t = proto(DataType::STRING, &[1]);
         let err = tensor_from_proto(&t).unwrap_err().to_string();
-        assert!(err.contains("string tensors cannot be used as numbers"), "{err}");
+        assert!(
+            err.contains("string tensors cannot be used as numbers"),
+            "{err}"
+        );
     }
 
     #[test]
     fn uint64_out_of_range_is_an_error() {
         let mut t = proto(DataType::UINT64, &[1]);
         t.uint64_data = vec![u64::MAX];
-        assert!(matches!(tensor_from_proto(&t), Err(TensorError::Overflow { .. })));
+        assert!(matches!(
+            tensor_from_proto(&t),
+            Err(TensorError::Overflow { .. })
+        ));
     }
 }
