@@ -43,9 +43,9 @@ pub fn check_second_derivative(f: impl Fn(&Tensor) -> Tensor, x: &Tensor) -> Res
     let n = flat.size()[0];
     let mut worst = 0.0f64;
     for i in 0..n {
-        let mut plus = flat.copy();
+        let plus = flat.copy();
         let _ = plus.get(i).f_add_scalar_(eps);
-        let mut minus = flat.copy();
+        let minus = flat.copy();
         let _ = minus.get(i).f_add_scalar_(-eps);
         let eval = |v: &Tensor| -> f64 {
             let v = v.view(x.size().as_slice()).set_requires_grad(true);
