@@ -3,5 +3,10 @@
 //! Pipeline: [`onnx`] (read/write `ModelProto`) -> graph import -> I-BAU ->
 //! export -> parity check.
 
+pub mod cli;
+pub mod data;
+pub mod export;
 pub mod graph;
+pub mod ibau;
 pub mod onnx;
+pub mod parity;

@@ -215,11 +215,15 @@ class SmallResNet(nn.Module):
 # --------------------------------------------------------------------------
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int,
-          batch_size: int = 128, lr: float = 1e-3, seed: int = SEED) -> float:
-    """Adam training; returns the wall time in seconds."""
+          batch_size: int, lr: float, seed: int = SEED) -> float:
+    """Adam with a one-cycle learning-rate schedule peaking at `lr` (it reaches a
+    given accuracy in far fewer steps than a constant rate, which matters on a
+    few CPU cores); returns the wall time in seconds."""
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * ((len(xt) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -233,6 +237,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int,
             loss = F.cross_entropy(logits, yb)
             loss.backward()
             opt.step()
+            sched.step()
             loss_sum += loss.item() * len(b)
             correct += (logits.argmax(1) == yb).sum().item()
             total += len(b)
@@ -393,7 +398,7 @@ def build_backdoored(name: str, make_model, trigger: Trigger, data: dict, args,
     print(f"\n[{name}] {len(xp)} training images, {n_poison} poisoned "
           f"({trigger.cli} -> {trigger.target}), {epochs} epochs", flush=True)
     model = make_model()
-    seconds = train(model, xp, yp, epochs, seed=seed)
+    seconds = train(model, xp, yp, epochs, args.batch_size, args.lr, seed=seed)
     x_eval, y_eval = data["eval"]
     acc, asr = acc_asr(lambda x: predict_torch(model, x), x_eval, y_eval, trigger)
     print(f"  PyTorch eval model: ACC {acc:.4f}  ASR {asr:.4f}  (trained in {seconds:.0f}s)")
@@ -569,8 +574,10 @@ ASR {res['torch_asr'] * 100:.2f}% (resnet).
   `dataset-fashion-mnist`), read from the gzip'd IDX files.
 * Training: a seeded random subset of {args.train_size:,} of the 60,000 training images per
   model, of which {vgg['n_poison']:,} ({args.poison_rate:.0%}, drawn among images whose label is not the
-  target) carry the trigger and are relabelled with the target. Adam, lr 1e-3,
-  batch 128, {vgg['epochs']} epochs (vgg) and {res['epochs']} epochs (resnet).
+  target) carry the trigger and are relabelled with the target. Adam with a
+  one-cycle learning-rate schedule peaking at {args.lr:g}, batch {args.batch_size},
+  {vgg['epochs']} epochs (vgg) and {res['epochs']} epochs (resnet); the Debian
+  Fashion-MNIST files are read once and every random choice is seeded.
 * Evaluation (the I-BAU authors' protocol) on the 10,000 test images: images
   0..4999 are the defender's clean set (left untouched here, for `ibau` to
   unlearn with); images 5000..9999 give ACC (clean accuracy) and ASR (share of
@@ -589,6 +596,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("models"), help="output folder (default: models)")
     p.add_argument("--train-size", type=int, default=20000, help="training images per model")
     p.add_argument("--poison-rate", type=float, default=0.1, help="share of poisoned training images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--vgg-epochs", type=int, default=2)
     p.add_argument("--resnet-epochs", type=int, default=3)
     args = p.parse_args()

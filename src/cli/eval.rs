@@ -1,0 +1,74 @@
+//! `ibau eval MODEL --data DATA [--range A:B] [--trigger T --target N] [--json]`:
+//! clean accuracy and attack success rate.
+
+use std::path::PathBuf;
+
+use super::pipeline::{self, InputMap, Preprocess, TestSet};
+use super::Outcome;
+use crate::graph::ImportOptions;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ONNX model file.
+    #[arg(value_parser = super::existing_file)]
+    pub model: PathBuf,
+    /// Labelled images: IDX (`*-images-idx3-ubyte[.gz]`), .npz, or a folder
+    /// with one sub-folder per class.
+    #[arg(long, value_parser = pipeline::existing_path)]
+    pub data: PathBuf,
+    /// Samples to use, `A:B` (end excluded; `A:` or `:B` open).
+    #[arg(long, value_name = "A:B")]
+    pub range: Option<String>,
+    /// Trigger to measure the attack success rate with:
+    /// `patch:size=S,value=V,row=R,col=C`, `blend:pattern=FILE.npy,alpha=A`
+    /// or `mask:pattern=FILE,mask=FILE`.
+    #[arg(long, requires = "target")]
+    pub trigger: Option<String>,
+    /// The attack's target label.
+    #[arg(long, requires = "trigger")]
+    pub target: Option<i64>,
+    #[command(flatten)]
+    pub preprocess: Preprocess,
+    #[arg(long, default_value = "auto", value_parser = super::parse_device)]
+    pub device: tch::Device,
+    /// Print {"acc", "asr", "samples"} as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let trigger = args
+        .trigger
+        .as_deref()
+        .map(pipeline::parse_trigger)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let options = ImportOptions {
+        device: args.device,
+        ..Default::default()
+    };
+    let (_, model) = pipeline::load_classifier(&args.model, &options)?;
+    let data = pipeline::load_data(&args.data, args.range.as_deref())?;
+    let map = InputMap::new(&model.graph, &args.preprocess);
+    let test = TestSet {
+        data,
+        trigger: trigger.zip(args.target),
+        batch_size: 500,
+    };
+    let metrics = pipeline::evaluate(&model, &map, &test)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
+    } else {
+        println!(
+            "{} on {} ({} samples)",
+            args.model.display(),
+            test.data.source,
+            metrics.samples
+        );
+        println!("  ACC {:.2}%", 100.0 * metrics.acc);
+        if let Some(asr) = metrics.asr {
+            println!("  ASR {:.2}%", 100.0 * asr);
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,98 @@
+//! The command line: clap definitions and one module per subcommand. This is
+//! the only layer that uses anyhow; the library layers have typed errors.
+
+pub mod eval;
+pub mod inspect;
+pub mod pipeline;
+pub mod sanitize;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// How a successful command ended; errors exit with 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Success: nothing found, every gate passed.
+    Success = 0,
+    /// A finding: a runtime disagreed, a gate failed.
+    Finding = 1,
+}
+
+/// Remove backdoors from ONNX image classifiers with I-BAU (Zeng et al., ICLR 2022).
+///
+/// Exit codes: 0 success, 1 a finding (a runtime disagrees, a gate failed),
+/// 2 an error (bad input, unsupported model, failed parity check).
+#[derive(Debug, Parser)]
+#[command(name = "ibau", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Summarise a model: producer, opsets, inputs and outputs, ops,
+    /// initializers, trainable weights, unsupported ops.
+    Inspect(inspect::Args),
+    /// Run one file through the tch import, ONNX Runtime and tract on the same
+    /// inputs and compare their outputs.
+    Verify(verify::Args),
+    /// Clean accuracy and, with a trigger, attack success rate of a model.
+    Eval(eval::Args),
+    /// Remove a backdoor with I-BAU and write the cleaned model, checked by
+    /// ONNX Runtime before it is written.
+    Sanitize(Box<sanitize::Args>),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Sanitize(args) => sanitize::run(*args),
+    }
+}
+
+/// Parses `--device auto|cpu|cuda|cuda:N`.
+pub fn parse_device(s: &str) -> Result<tch::Device, String> {
+    match s {
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => cuda(n),
+            _ => Err(format!(
+                "`{s}` is not a device: use auto, cpu, cuda or cuda:N"
+            )),
+        },
+    }
+}
+
+fn cuda(n: usize) -> Result<tch::Device, String> {
+    let count = tch::Cuda::device_count() as usize;
+    if n < count {
+        Ok(tch::Device::Cuda(n))
+    } else if count == 0 {
+        Err("libtorch sees no CUDA device on this machine (use --device cpu or auto)".into())
+    } else {
+        Err(format!(
+            "cuda:{n} does not exist: libtorch sees {count} CUDA device(s)"
+        ))
+    }
+}
+
+/// The model path argument, checked to exist so that the error names it.
+pub fn existing_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_file() {
+        Ok(p)
+    } else if p.exists() {
+        Err(format!("`{s}` is not a file"))
+    } else {
+        Err(format!("`{s}` does not exist"))
+    }
+}

@@ -1,0 +1,361 @@
+//! `ibau sanitize MODEL --clean DATA -o OUT`: I-BAU on the model's weights,
+//! the cleaned weights written back into the same ONNX graph, gated by an
+//! ONNX Runtime parity check of the written file.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tch::Tensor;
+
+use super::pipeline::{self, GraphClassifier, InputMap, Metrics, Preprocess, TestSet};
+use super::Outcome;
+use crate::graph::ImportOptions;
+use crate::ibau::{self, Batch, Classifier, Config, OptimizerKind};
+use crate::parity::{self, OrtSession};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The (possibly poisoned) ONNX model. Never modified.
+    #[arg(value_parser = super::existing_file)]
+    pub model: PathBuf,
+    /// Clean labelled images the defender holds (IDX, .npz or a folder of
+    /// class sub-folders).
+    #[arg(long, value_parser = pipeline::existing_path)]
+    pub clean: PathBuf,
+    /// Samples of `--clean` to use, `A:B`.
+    #[arg(long, value_name = "A:B")]
+    pub clean_range: Option<String>,
+    /// Where to write the cleaned model (never the input path).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// I-BAU rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Fixed-point iterations of the hypergradient.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// Learning rate of the outer optimiser.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Outer optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    pub optim: OptimizerKind,
+    /// Clean batch size.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// SGD steps of the perturbation search per round (default: one pass
+    /// over the clean batches, as the paper; raise it for small clean sets).
+    #[arg(long)]
+    pub perturbation_steps: Option<usize>,
+    /// Learning rate of the perturbation search.
+    #[arg(long, default_value_t = 10.0)]
+    pub perturbation_lr: f64,
+    /// L2 radius the perturbation is projected into.
+    #[arg(long, default_value_t = 10.0)]
+    pub radius: f64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = super::parse_device)]
+    pub device: tch::Device,
+    /// Seed of the perturbation masks (same seed, same weights on CPU).
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Freeze initializers whose name matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub freeze: Option<regex::Regex>,
+    /// Train float initializers whose name matches, beyond the default rule.
+    #[arg(long, value_name = "REGEX")]
+    pub train: Option<regex::Regex>,
+    /// Test set to measure ACC (and ASR with a trigger) before, per round, after.
+    #[arg(long, value_parser = pipeline::existing_path)]
+    pub test: Option<PathBuf>,
+    /// Samples of `--test` to use, `A:B`.
+    #[arg(long, value_name = "A:B", requires = "test")]
+    pub test_range: Option<String>,
+    /// Trigger for measuring the attack success rate (see `ibau eval --help`).
+    #[arg(long, requires_all = ["target", "test"])]
+    pub trigger: Option<String>,
+    /// The attack's target label.
+    #[arg(long, requires = "trigger")]
+    pub target: Option<i64>,
+    /// Tolerance of the ONNX Runtime parity check of the written file (max
+    /// absolute difference, relative to the output's scale when above 1).
+    #[arg(long, default_value_t = 1e-4)]
+    pub parity_tolerance: f64,
+    /// Write a JSON report (schema in README.md).
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub preprocess: Preprocess,
+}
+
+/// The `--report` document (schema 1).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub input: String,
+    pub output: String,
+    pub device: String,
+    pub seconds: f64,
+    pub clean_samples: usize,
+    pub trainable: Trainable,
+    pub config: Config,
+    pub before: Option<Metrics>,
+    pub after: Option<Metrics>,
+    pub rounds: Vec<Round>,
+    pub parity: Parity,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Trainable {
+    pub tensors: usize,
+    pub elements: i64,
+    pub share: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Round {
+    pub round: usize,
+    pub seconds: f64,
+    pub perturbation_norm: f64,
+    pub acc: Option<f64>,
+    pub asr: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Parity {
+    pub passed: bool,
+    pub max_abs_diff: f64,
+    pub tolerance: f64,
+}
+
+fn percent(x: Option<f64>) -> String {
+    x.map(|v| format!("{:>7.2}%", 100.0 * v))
+        .unwrap_or_else(|| format!("{:>8}", "-"))
+}
+
+/// Runs the written file with ONNX Runtime on the clean set and compares it
+/// with the trained module.
+fn parity_check(
+    path: &std::path::Path,
+    model: &GraphClassifier,
+    inputs: &[Tensor],
+    tolerance: f64,
+) -> Result<Parity, String> {
+    let mut session = OrtSession::open(path).map_err(|e| e.to_string())?;
+    let mut worst = 0.0f64;
+    let mut passed = true;
+    for x in inputs {
+        let ours = tch::no_grad(|| model.graph.forward(std::slice::from_ref(x)))
+            .map_err(|e| e.to_string())?;
+        let theirs = session
+            .run(std::slice::from_ref(x))
+            .map_err(|e| e.to_string())?;
+        for (a, b) in ours.iter().zip(&theirs) {
+            let diff = parity::max_abs_diff(a, b);
+            worst = worst.max(diff);
+            passed &= diff <= tolerance * parity::max_abs(b).max(1.0);
+        }
+    }
+    let parity = Parity {
+        passed,
+        max_abs_diff: worst,
+        tolerance,
+    };
+    if passed {
+        Ok(parity)
+    } else {
+        Err(format!(
+            "ONNX Runtime on `{}` differs from the trained module by {worst:.3e} (tolerance {tolerance:e})",
+            path.display()
+        ))
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    if let Some(report) = &args.report {
+        crate::onnx::refuse_input_path(&args.model, report)?;
+    }
+    let trigger = args
+        .trigger
+        .as_deref()
+        .map(pipeline::parse_trigger)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let options = ImportOptions {
+        device: args.device,
+        freeze: args.freeze.clone(),
+        train: args.train.clone(),
+        ..Default::default()
+    };
+    let (model_file, model) = pipeline::load_classifier(&args.model, &options)?;
+    if model.graph.params.is_empty() {
+        anyhow::bail!(
+            "`{}` has no trainable weights: nothing to sanitize",
+            args.model.display()
+        );
+    }
+    let map = InputMap::new(&model.graph, &args.preprocess);
+    let clean = pipeline::load_data(&args.clean, args.clean_range.as_deref()).context("--clean")?;
+    let batches: Vec<Batch> = clean
+        .batches(args.batch_size as usize)
+        .map(|(images, labels)| {
+            Ok(Batch {
+                images: map.apply(&images)?,
+                labels: labels.f_to_device(model.graph.device)?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let test = match &args.test {
+        Some(path) => Some(TestSet {
+            data: pipeline::load_data(path, args.test_range.as_deref()).context("--test")?,
+            trigger: trigger.zip(args.target),
+            batch_size: 500,
+        }),
+        None => None,
+    };
+    let config = Config {
+        rounds: args.rounds,
+        k: args.k,
+        optimizer: args.optim,
+        lr: args.lr,
+        batch_size: args.batch_size as usize,
+        perturbation_lr: args.perturbation_lr,
+        perturbation_radius: args.radius,
+        perturbation_steps: args.perturbation_steps,
+        seed: args.seed,
+        ..Config::default()
+    };
+    let roles = crate::cli::inspect::trainable_summary(&model.graph.roles);
+    eprintln!(
+        "sanitizing {} on {:?}: {} clean samples in {} batches, {} trainable tensors ({} elements, {:.1}% of the float weights)",
+        args.model.display(),
+        model.graph.device,
+        clean.len(),
+        batches.len(),
+        roles.tensors,
+        roles.elements,
+        100.0 * roles.share
+    );
+
+    let before = test
+        .as_ref()
+        .map(|t| pipeline::evaluate(&model, &map, t))
+        .transpose()?;
+    let progress = ProgressBar::new((config.rounds * batches.len()) as u64);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let mut rounds = Vec::new();
+    let mut eval_error = None;
+    ibau::unlearn(
+        &model,
+        &batches,
+        &config,
+        &mut |round, _| {
+            progress.set_message(format!("round {round}/{}", config.rounds));
+            progress.inc(1);
+        },
+        &mut |stats| {
+            let metrics = match test
+                .as_ref()
+                .map(|t| pipeline::evaluate(&model, &map, t))
+                .transpose()
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    eval_error = Some(e);
+                    return Err(ibau::TrainError::Config("evaluation failed".into()));
+                }
+            };
+            progress.suspend(|| {
+                eprintln!(
+                    "round {}: {:.1} s, perturbation norm {:.3}{}",
+                    stats.round,
+                    stats.seconds,
+                    stats.perturbation_norm,
+                    metrics
+                        .map(|m| format!(
+                            ", ACC {} ASR {}",
+                            percent(Some(m.acc)).trim(),
+                            percent(m.asr).trim()
+                        ))
+                        .unwrap_or_default()
+                )
+            });
+            rounds.push(Round {
+                round: stats.round,
+                seconds: stats.seconds,
+                perturbation_norm: stats.perturbation_norm,
+                acc: metrics.map(|m| m.acc),
+                asr: metrics.and_then(|m| m.asr),
+            });
+            Ok(())
+        },
+    )
+    .map_err(|e| match eval_error.take() {
+        Some(eval) => eval,
+        None => anyhow::Error::new(e).context("I-BAU"),
+    })?;
+    progress.finish_and_clear();
+    let after = rounds
+        .last()
+        .zip(test.as_ref())
+        .map(|(r, t)| Metrics {
+            acc: r.acc.unwrap_or(0.0),
+            asr: r.asr,
+            samples: t.data.len(),
+        })
+        .or(before.filter(|_| config.rounds == 0));
+
+    // Write back, gated by ONNX Runtime on the clean set.
+    let trained = crate::export::with_parameters(&model_file, &model.graph.params)?;
+    let parity_inputs: Vec<Tensor> = batches.iter().map(|b| b.images.shallow_clone()).collect();
+    let parity = crate::export::write_checked(&trained, &args.output, |path| {
+        parity_check(path, &model, &parity_inputs, args.parity_tolerance)
+    })?;
+
+    eprintln!();
+    eprintln!("          {:>8} {:>8}", "ACC", "ASR");
+    for (name, m) in [("before", before), ("after", after)] {
+        if let Some(m) = m {
+            eprintln!("{name:<8}  {} {}", percent(Some(m.acc)), percent(m.asr));
+        }
+    }
+    eprintln!(
+        "wrote {} (ONNX Runtime parity: max abs diff {:.2e})",
+        args.output.display(),
+        parity.max_abs_diff
+    );
+
+    let report = Report {
+        schema: 1,
+        input: args.model.display().to_string(),
+        output: args.output.display().to_string(),
+        device: format!("{:?}", model.device()).to_lowercase(),
+        seconds: start.elapsed().as_secs_f64(),
+        clean_samples: clean.len(),
+        trainable: Trainable {
+            tensors: roles.tensors,
+            elements: roles.elements,
+            share: roles.share,
+        },
+        config,
+        before,
+        after,
+        rounds,
+        parity,
+    };
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        crate::onnx::write_atomically(path, &json)?;
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,314 @@
+//! I-BAU (Zeng et al., "Adversarial Unlearning of Backdoors via Implicit
+//! Hypergradient", ICLR 2022), exactly as ../shared/DESIGN.md states it:
+//!
+//! per round, (1) a universal perturbation found by SGD (lr 10) against the
+//! model's own predictions, projected into an L2 ball (radius 10); (2) per clean
+//! batch, one outer optimiser step along the implicit hypergradient, computed
+//! from K fixed-point iterations of vector-Jacobian products through a
+//! differentiable gradient step of the inner loss (double backward).
+//!
+//! The model stays in inference mode throughout: the imported graph has no
+//! training behaviour (BatchNorm uses running statistics, Dropout is identity).
+
+pub mod optim;
+
+use tch::{Device, Kind, Reduction, Tensor};
+
+pub use optim::{Optimizer, OptimizerKind};
+
+/// Errors while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("model: {0}")]
+    Model(String),
+    #[error("{0}")]
+    Torch(#[from] tch::TchError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A classifier I-BAU can train: logits of a batch, and its trainable
+/// tensors. Implemented by the imported ONNX graph (and any other back end).
+pub trait Classifier {
+    /// Logits `[N, classes]` of a batch, differentiable (twice) w.r.t. the
+    /// input and the parameters.
+    fn logits(&self, x: &Tensor) -> Result<Tensor, TrainError>;
+    /// The trainable tensors (`requires_grad`).
+    fn parameters(&self) -> &[Tensor];
+    /// The device the model computes on.
+    fn device(&self) -> Device;
+    /// The float kind the model computes in.
+    fn float_kind(&self) -> Kind;
+}
+
+/// Every I-BAU hyper-parameter; the defaults are the paper's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    /// Rounds R (perturbation search + one pass of unlearning).
+    pub rounds: usize,
+    /// Fixed-point iterations K of the hypergradient.
+    pub k: usize,
+    /// Outer optimiser and its learning rate.
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// Clean batch size B.
+    pub batch_size: usize,
+    /// SGD learning rate of the perturbation search.
+    pub perturbation_lr: f64,
+    /// Radius of the L2 ball the perturbation is projected into.
+    pub perturbation_radius: f64,
+    /// SGD steps of the perturbation search per round; `None` = one pass over
+    /// the clean batches (the paper's schedule).
+    pub perturbation_steps: Option<usize>,
+    /// Weight of `||delta||^2` in the perturbation and inner losses.
+    pub regularization: f64,
+    /// Step size of the fixed-point map `delta - step * grad L2`.
+    pub inner_step: f64,
+    /// Share of each outer batch that receives the perturbation (int(share * B) samples).
+    pub poison_share: f64,
+    /// Early stop of the fixed-point iterations.
+    pub tolerance: f64,
+    pub seed: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rounds: 5,
+            k: 5,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            batch_size: 100,
+            perturbation_lr: 10.0,
+            perturbation_radius: 10.0,
+            perturbation_steps: None,
+            regularization: 0.001,
+            inner_step: 0.1,
+            poison_share: 0.01,
+            tolerance: 1e-10,
+            seed: 0,
+        }
+    }
+}
+
+/// A clean batch: images in the model's input space and integer labels.
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    reduction: Reduction,
+) -> Result<Tensor, TrainError> {
+    // log_softmax in the logits' own kind (tch's cross_entropy_for_logits
+    // would compute in f32 whatever the input), then NLL.
+    Ok(logits
+        .f_log_softmax(-1, logits.kind())?
+        .f_nll_loss::<Tensor>(labels, None, reduction, -100)?)
+}
+
+fn squared_norm(t: &Tensor) -> Result<Tensor, TrainError> {
+    Ok(t.f_square()?.f_sum(t.kind())?)
+}
+
+/// Step 1: the universal perturbation for this round. Starts from zeros in the
+/// shape of one input, takes one SGD step per batch (or `steps` steps cycling
+/// over the batches) on `-CE(f(x + delta), argmax f(x)) + reg * ||delta||^2`,
+/// then projects into the L2 ball.
+pub fn perturbation_search(
+    model: &dyn Classifier,
+    batches: &[Batch],
+    config: &Config,
+) -> Result<Tensor, TrainError> {
+    let first = batches
+        .first()
+        .ok_or_else(|| TrainError::Config("the clean set is empty".into()))?;
+    let mut shape = first.images.size();
+    shape[0] = 1;
+    let delta = Tensor::f_zeros(shape.as_slice(), (model.float_kind(), model.device()))?
+        .set_requires_grad(true);
+    let steps = config.perturbation_steps.unwrap_or(batches.len());
+    for step in 0..steps {
+        let batch = &batches[step % batches.len()];
+        let pseudo_labels = tch::no_grad(|| -> Result<Tensor, TrainError> {
+            Ok(model.logits(&batch.images)?.f_argmax(-1, false)?)
+        })?;
+        let logits = model.logits(&batch.images.f_add(&delta)?)?;
+        let loss = cross_entropy(&logits, &pseudo_labels, Reduction::Mean)?
+            .f_neg()?
+            .f_add(&squared_norm(&delta)?.f_mul_scalar(config.regularization)?)?;
+        let grad = Tensor::f_run_backward(&[&loss], &[&delta], false, false)?.remove(0);
+        tch::no_grad(|| {
+            delta
+                .shallow_clone()
+                .f_sub_(&grad.f_mul_scalar(config.perturbation_lr)?)
+                .map(|_| ())
+        })?;
+    }
+    project(&delta.detach(), config.perturbation_radius)
+}
+
+/// `delta * min(1, radius / ||delta||)`.
+pub fn project(delta: &Tensor, radius: f64) -> Result<Tensor, TrainError> {
+    let norm = delta
+        .f_square()?
+        .f_sum(Kind::Double)?
+        .f_sqrt()?
+        .double_value(&[]);
+    let factor = if norm > 0.0 {
+        (radius / norm).min(1.0)
+    } else {
+        1.0
+    };
+    Ok(delta.f_mul_scalar(factor)?)
+}
+
+/// The samples of a batch that receive the perturbation: int(share * B)
+/// distinct indices drawn at random (tch's seeded RNG), as a `[B, 1, ...]`
+/// 0/1 mask of the images' rank.
+pub fn poison_mask(images: &Tensor, share: f64) -> Result<Tensor, TrainError> {
+    let size = images.size();
+    let batch_size = size[0];
+    let count = (share * batch_size as f64) as i64;
+    let chosen =
+        Tensor::f_randperm(batch_size, (Kind::Int64, Device::Cpu))?.f_narrow(0, 0, count)?;
+    let mask = Tensor::f_zeros([batch_size], (images.kind(), Device::Cpu))?
+        .f_index_fill(0, &chosen, 1.0)?;
+    let mut shape = vec![1i64; size.len()];
+    shape[0] = batch_size;
+    Ok(mask
+        .f_view(shape.as_slice())?
+        .f_to_device(images.device())?)
+}
+
+/// The implicit hypergradient of the outer loss w.r.t. every parameter, for one
+/// outer batch: `grad_theta L1 + J_theta(Phi)^T v_K`, where
+/// `v_k = J_delta(Phi)^T v_{k-1} + grad_delta L1` and
+/// `Phi(delta) = delta - inner_step * grad_delta L2(delta)` (built with
+/// create_graph, so the Jacobian products are second derivatives).
+///
+/// `mask` is `[B, 1, ...]` with ones on the samples that receive `delta`.
+pub fn hypergradient(
+    model: &dyn Classifier,
+    perturbation: &Tensor,
+    outer: &Batch,
+    mask: &Tensor,
+    inner: &Batch,
+    config: &Config,
+) -> Result<Vec<Tensor>, TrainError> {
+    let params = model.parameters();
+    let delta = perturbation.detach().set_requires_grad(true);
+
+    // Outer loss and its gradients.
+    let poisoned = outer.images.f_add(&mask.f_mul(&delta)?)?;
+    let outer_loss = cross_entropy(&model.logits(&poisoned)?, &outer.labels, Reduction::Mean)?;
+    let mut wrt: Vec<&Tensor> = vec![&delta];
+    wrt.extend(params.iter());
+    let mut outer_grads = Tensor::f_run_backward(&[&outer_loss], &wrt, false, false)?;
+    let grad_delta_outer = defined_or_zeros(outer_grads.remove(0), &delta)?;
+
+    // The fixed-point map, differentiable in delta and theta.
+    let inner_logits = model.logits(&inner.images.f_add(&delta)?)?;
+    let inner_loss = cross_entropy(&inner_logits, &inner.labels, Reduction::None)?
+        .f_neg()?
+        .f_mean(inner_logits.kind())?
+        .f_add(&squared_norm(&delta)?.f_mul_scalar(config.regularization)?)?;
+    let inner_grad = Tensor::f_run_backward(&[&inner_loss], &[&delta], true, true)?.remove(0);
+    let phi = delta.f_sub(&inner_grad.f_mul_scalar(config.inner_step)?)?;
+
+    let mut v = delta.f_zeros_like()?;
+    for _ in 0..config.k {
+        let previous = v.shallow_clone();
+        let vjp = Tensor::f_run_backward(
+            &[&phi.f_mul(&v)?.f_sum(phi.kind())?],
+            &[&delta],
+            true,
+            false,
+        )?
+        .remove(0);
+        v = defined_or_zeros(vjp, &delta)?.f_add(&grad_delta_outer)?;
+        let change = v
+            .f_sub(&previous)?
+            .f_square()?
+            .f_sum(Kind::Double)?
+            .f_sqrt()?
+            .double_value(&[]);
+        if change < config.tolerance {
+            break;
+        }
+    }
+    let implicit =
+        Tensor::f_run_backward(&[&phi.f_mul(&v)?.f_sum(phi.kind())?], params, false, false)?;
+    params
+        .iter()
+        .zip(outer_grads)
+        .zip(implicit)
+        .map(|((p, direct), indirect)| {
+            let direct = defined_or_zeros(direct, p)?;
+            Ok(if indirect.defined() {
+                direct.f_add(&indirect)?
+            } else {
+                direct
+            })
+        })
+        .collect()
+}
+
+fn defined_or_zeros(grad: Tensor, like: &Tensor) -> Result<Tensor, TrainError> {
+    if grad.defined() {
+        Ok(grad)
+    } else {
+        Ok(like.f_zeros_like()?)
+    }
+}
+
+/// What one round did, for progress and reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundStats {
+    pub round: usize,
+    pub seconds: f64,
+    pub perturbation_norm: f64,
+}
+
+/// Runs I-BAU on `model` with the clean batches; `on_step(round, batch)` is
+/// called after each outer step and `on_round` after each round (progress,
+/// evaluation). The first batch is the inner-loss batch, as in the paper.
+pub fn unlearn(
+    model: &dyn Classifier,
+    clean: &[Batch],
+    config: &Config,
+    on_step: &mut dyn FnMut(usize, usize),
+    on_round: &mut dyn FnMut(&RoundStats) -> Result<(), TrainError>,
+) -> Result<Vec<RoundStats>, TrainError> {
+    if clean.is_empty() {
+        return Err(TrainError::Config("the clean set is empty".into()));
+    }
+    tch::manual_seed(config.seed);
+    let mut optimizer = Optimizer::new(config.optimizer, config.lr, model.parameters())?;
+    let mut stats = Vec::new();
+    for round in 1..=config.rounds {
+        let start = std::time::Instant::now();
+        let perturbation = perturbation_search(model, clean, config)?;
+        for (b, batch) in clean.iter().enumerate() {
+            let mask = poison_mask(&batch.images, config.poison_share)?;
+            let grads = hypergradient(model, &perturbation, batch, &mask, &clean[0], config)?;
+            optimizer.step(model.parameters(), &grads)?;
+            on_step(round, b + 1);
+        }
+        let norm = perturbation
+            .f_square()?
+            .f_sum(Kind::Double)?
+            .f_sqrt()?
+            .double_value(&[]);
+        let s = RoundStats {
+            round,
+            seconds: start.elapsed().as_secs_f64(),
+            perturbation_norm: norm,
+        };
+        on_round(&s)?;
+        stats.push(s);
+    }
+    Ok(stats)
+}

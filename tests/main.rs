@@ -1,0 +1,5 @@
+//! Integration tests: one binary made of modules.
+
+mod common;
+mod conformance;
+mod roundtrip;
