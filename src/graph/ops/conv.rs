@@ -235,6 +235,9 @@ pub(crate) fn per_axis(
     }
 }
 
+/// `(begin, end)` padding per spatial axis.
+pub(crate) type Pads = Vec<(i64, i64)>;
+
 /// Effective kernel extents: `(kernel - 1) * dilation + 1`.
 pub(crate) fn extents(kernel: &[i64], dilations: &[i64]) -> Vec<i64> {
     kernel
@@ -340,12 +343,7 @@ struct ConvTransposeAttrs {
 impl ConvTransposeAttrs {
     /// `(begin, end)` crop per axis of the full transposed convolution
     /// (negative: grow), and the output padding per axis.
-    fn pads(
-        &self,
-        input: &[i64],
-        extent: &[i64],
-        strides: &[i64],
-    ) -> OpResult<(Vec<(i64, i64)>, Vec<i64>)> {
+    fn pads(&self, input: &[i64], extent: &[i64], strides: &[i64]) -> OpResult<(Pads, Vec<i64>)> {
         let n = input.len();
         let output_padding = per_axis("output_padding", self.output_padding.as_deref(), n, 0)?;
         let target: Vec<i64> = match (&self.output_shape, self.window.auto_pad) {
@@ -667,6 +665,9 @@ mod tests {
         Tensor::from_slice(&y).reshape([n, m, oh, ow])
     }
 
+    /// `(attributes, strides, (begin, end) pads, dilations or output padding)`.
+    type Case = (Vec<AttributeProto>, [i64; 2], [(i64, i64); 2], [i64; 2]);
+
     fn conv(attrs: &[AttributeProto], inputs: &[Tensor]) -> Tensor {
         run(&gradcheck::build("Conv", 11, attrs, inputs.len()), inputs)
     }
@@ -698,7 +699,7 @@ mod tests {
         let x = seeded(&[2, 4, 6, 7], 1);
         let w = seeded(&[6, 2, 3, 2], 2);
         let b = seeded(&[6], 3);
-        let cases: Vec<(Vec<AttributeProto>, [i64; 2], [(i64, i64); 2], [i64; 2])> = vec![
+        let cases: Vec<Case> = vec![
             (vec![], [1, 1], [(0, 0), (0, 0)], [1, 1]),
             (
                 vec![
@@ -811,9 +812,7 @@ mod tests {
         let kernel = gradcheck::build("Conv", 11, &[attr::ints("strides", &[1, 1, 1])], 2);
         let x = seeded(&[1, 1, 4, 4], 0);
         let w = seeded(&[1, 1, 3, 3], 0);
-        let err = kernel(&[Some(&x), Some(&w)])
-            .err()
-            .expect("3 strides on 2-D rejected");
+        let err = kernel(&[Some(&x), Some(&w)]).expect_err("3 strides on 2-D rejected");
         assert!(err.to_string().contains("attribute `strides`"), "{err}");
         let flat = seeded(&[4, 4], 0);
         assert!(kernel(&[Some(&flat), Some(&w)]).is_err());
@@ -835,7 +834,7 @@ mod tests {
         assert_close(&y.get(0).get(0).get(0), &[0., 1., 3., 3., 2.]);
         assert_close(&y.get(0).get(1).get(2), &[9., 21., 36., 27., 15.]);
         // test_convtranspose_pads / output_shape / autopad_same, by formula.
-        let cases: Vec<(Vec<AttributeProto>, [i64; 2], [(i64, i64); 2], [i64; 2])> = vec![
+        let cases: Vec<Case> = vec![
             (
                 vec![
                     attr::ints("strides", &[3, 2]),

@@ -1,4 +1,4 @@
-//! Normalizations: BatchNormalization (opsets 7..=23, inference form),
+//! Normalizations: BatchNormalization (opsets 1..=23, inference form),
 //! InstanceNormalization (1..=23), LayerNormalization (17..=23), LRN (1..=23).
 //!
 //! All are written as elementwise arithmetic and means (no fused tch kernel),
@@ -7,11 +7,12 @@
 //! Known deviations from the spec:
 //! - BatchNormalization runs in inference form only: `training_mode=1`
 //!   (opset 14+) and the training outputs (more than one output) are rejected
-//!   when the kernel is built; `momentum` is unused. Gradients flow through X,
-//!   scale and B; the running mean and variance are constants. Opsets 1 and 6
-//!   (`is_test`, `consumed_inputs`) are not registered. `spatial=0`
-//!   (opsets 7 and 8) is supported: scale, B, mean and var then have the
-//!   shape of one example.
+//!   when the kernel is built, and so is `is_test=0` in opsets 1 and 6
+//!   (the spec's default there: training mode; exporters of that era wrote
+//!   `is_test=1`); `momentum` and `consumed_inputs` are unused. Gradients flow
+//!   through X, scale and B; the running mean and variance are constants.
+//!   `spatial=0` (opsets before 9) is supported: scale, B, mean and var then
+//!   have the shape of one example.
 //! - LayerNormalization computes in the graph's float kind whatever
 //!   `stash_type` says; its optional Mean and InvStdDev outputs are returned
 //!   (shape `X.shape[:axis] + [1] * (rank - axis)`).
@@ -24,7 +25,6 @@ use super::{Differentiable, Kernel, NodeInfo, OpError, OpResult, OpSpec, Registr
 pub fn register(reg: &mut Registry) {
     reg.insert(
         OpSpec::new("BatchNormalization", build_batch_norm)
-            .opsets(7..=super::MAX_OPSET)
             .inputs(5..=5)
             .outputs(1..=5)
             .differentiable(Differentiable::Only(&[0, 1, 2])),
@@ -71,6 +71,14 @@ fn build_batch_norm(info: &NodeInfo) -> OpResult<Kernel> {
             name: "training_mode".into(),
             reason: "training mode (batch statistics) is not supported; export the model \
                      in inference mode"
+                .into(),
+        });
+    }
+    if info.opset < 7 && info.attrs.int("is_test", 0)? == 0 {
+        return Err(OpError::Attribute {
+            name: "is_test".into(),
+            reason: "0 (the default before opset 7) means training mode, which is not \
+                     supported; only is_test=1 is"
                 .into(),
         });
     }
@@ -326,7 +334,24 @@ mod tests {
         assert!(err.contains("training_mode"), "{err}");
         let err = build_err("BatchNormalization", 9, &[], 5, 5);
         assert!(err.contains("only Y"), "{err}");
-        assert!(Registry::standard().find("BatchNormalization", 6).is_none());
+        let err = build_err("BatchNormalization", 6, &[], 5, 1);
+        assert!(err.contains("is_test"), "{err}");
+        let kernel = gradcheck::build("BatchNormalization", 6, &[attr::int("is_test", 1)], 5);
+        let x = t(&[1., 2.], &[1, 2]);
+        let two = t(&[2., 2.], &[2]);
+        let y = run_all(
+            &kernel,
+            &[
+                x,
+                two.shallow_clone(),
+                two.shallow_clone(),
+                two.shallow_clone(),
+                two,
+            ],
+        )
+        .remove(0);
+        let expected = |v: f64| 2.0 * (v - 2.0) / (2.0 + f64::from(1e-5f32)).sqrt() + 2.0;
+        assert_close(&y, &[expected(1.0), expected(2.0)]);
     }
 
     #[test]

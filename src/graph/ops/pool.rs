@@ -49,6 +49,8 @@ struct Geometry {
     pads: Vec<(i64, i64)>,
     /// Growth at the end of each axis for `ceil_mode`, beyond `pads`.
     overhang: Vec<i64>,
+    /// The output's spatial sizes.
+    out: Vec<i64>,
 }
 
 impl Pool {
@@ -76,6 +78,7 @@ impl Pool {
         let extent = extents(&kernel, &dilations);
         let pads = self.window.forward_pads(input, &extent, &strides)?;
         let mut overhang = vec![0; n];
+        let mut out = vec![0; n];
         for i in 0..n {
             let padded = input[i] + pads[i].0 + pads[i].1;
             if padded < extent[i] {
@@ -84,14 +87,15 @@ impl Pool {
                     extent[i]
                 )));
             }
+            let s = strides[i];
+            out[i] = (padded - extent[i]) / s + 1;
             // With auto_pad the output size does not depend on ceil_mode.
             if self.ceil_mode && self.window.auto_pad == AutoPad::NotSet {
-                let s = strides[i];
-                let mut out = (padded - extent[i] + s - 1) / s + 1;
-                if (out - 1) * s >= input[i] + pads[i].0 {
-                    out -= 1;
+                out[i] = (padded - extent[i] + s - 1) / s + 1;
+                if (out[i] - 1) * s >= input[i] + pads[i].0 {
+                    out[i] -= 1;
                 }
-                overhang[i] = ((out - 1) * s + extent[i] - padded).max(0);
+                overhang[i] = ((out[i] - 1) * s + extent[i] - padded).max(0);
             }
         }
         Ok(Geometry {
@@ -100,6 +104,7 @@ impl Pool {
             dilations,
             pads,
             overhang,
+            out,
         })
     }
 }
@@ -131,6 +136,20 @@ impl Geometry {
             .map(|(&(b, e), &o)| (b, e + o))
             .collect();
         torch_pad_list(&full)
+    }
+
+    /// `y` without the windows past the output size: in ceil mode a window
+    /// that starts in the end padding is dropped, even when floor mode over
+    /// the padded input would keep it.
+    fn crop(&self, y: Tensor) -> Result<Tensor, tch::TchError> {
+        let mut y = y;
+        for (i, &out) in self.out.iter().enumerate() {
+            let axis = i as i64 + 2;
+            if y.size()[i + 2] > out {
+                y = y.f_narrow(axis, 0, out)?;
+            }
+        }
+        Ok(y)
     }
 
     fn zeros(&self) -> Vec<i64> {
@@ -217,7 +236,7 @@ fn build_max_pool(info: &NodeInfo) -> OpResult<Kernel> {
             2 => source.f_max_pool2d(k, s, &padding, d, ceil)?,
             _ => source.f_max_pool3d(k, s, &padding, d, ceil)?,
         };
-        Ok(vec![y])
+        Ok(vec![g.crop(y)?])
     }))
 }
 
@@ -238,7 +257,7 @@ fn build_average_pool(info: &NodeInfo) -> OpResult<Kernel> {
             };
             return Ok(vec![y]);
         }
-        let mean = g.window_mean(&x.f_constant_pad_nd(g.full_pad_list())?)?;
+        let mean = g.crop(g.window_mean(&x.f_constant_pad_nd(g.full_pad_list())?)?)?;
         let padded = g.pads.iter().any(|&(b, e)| b > 0 || e > 0);
         if !g.ceil() && (count_include_pad || !padded) {
             return Ok(vec![mean]);
@@ -256,7 +275,7 @@ fn build_average_pool(info: &NodeInfo) -> OpResult<Kernel> {
         )?;
         let overhang: Vec<(i64, i64)> = g.overhang.iter().map(|&o| (0, o)).collect();
         let mask = mask.f_constant_pad_nd(torch_pad_list(&overhang))?;
-        let fraction = g.window_mean(&mask)?;
+        let fraction = g.crop(g.window_mean(&mask)?)?;
         Ok(vec![mean.f_div(&fraction)?])
     }))
 }
@@ -301,7 +320,7 @@ fn build_lp_pool(info: &NodeInfo) -> OpResult<Kernel> {
     Ok(Box::new(move |inputs| {
         let x = input(inputs, 0)?;
         let g = pool.geometry(x)?;
-        let sum = g.window_sum(&lp_power(x, p)?)?;
+        let sum = g.crop(g.window_sum(&lp_power(x, p)?)?)?;
         Ok(vec![lp_root(&sum, p)?])
     }))
 }

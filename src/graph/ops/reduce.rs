@@ -14,8 +14,9 @@
 //! ReduceMax/ReduceMin split the gradient evenly between tied maxima
 //! (libtorch's `amax`), ReduceL2's gradient at an all-zero slice is 0.
 //!
-//! Known deviations from the spec: reducing an empty axis is an error
-//! instead of the spec's identity element (0, 1, -inf, ...).
+//! Known deviations from the spec: ReduceMax/ReduceMin over an axis of
+//! length 0 is an error (the spec gives -inf/+inf), and ReduceMean over one
+//! gives NaN.
 
 use tch::{Kind, Tensor};
 
@@ -36,32 +37,51 @@ enum Reduction {
     LogSumExp,
 }
 
-pub fn register(reg: &mut Registry) {
-    // (op type, reduction, first opset with the axes input)
-    let reductions: [(&'static str, fn(&NodeInfo) -> OpResult<Kernel>, i64); 10] = [
-        ("ReduceSum", |i| build_reduce(i, Reduction::Sum), 13),
-        ("ReduceMean", |i| build_reduce(i, Reduction::Mean), 18),
-        ("ReduceMax", |i| build_reduce(i, Reduction::Max), 18),
-        ("ReduceMin", |i| build_reduce(i, Reduction::Min), 18),
-        ("ReduceProd", |i| build_reduce(i, Reduction::Prod), 18),
-        ("ReduceL1", |i| build_reduce(i, Reduction::L1), 18),
-        ("ReduceL2", |i| build_reduce(i, Reduction::L2), 18),
-        (
-            "ReduceSumSquare",
-            |i| build_reduce(i, Reduction::SumSquare),
-            18,
-        ),
-        ("ReduceLogSum", |i| build_reduce(i, Reduction::LogSum), 18),
-        (
-            "ReduceLogSumExp",
-            |i| build_reduce(i, Reduction::LogSumExp),
-            18,
-        ),
+impl Reduction {
+    const ALL: [Reduction; 10] = [
+        Reduction::Sum,
+        Reduction::Mean,
+        Reduction::Max,
+        Reduction::Min,
+        Reduction::Prod,
+        Reduction::L1,
+        Reduction::L2,
+        Reduction::SumSquare,
+        Reduction::LogSum,
+        Reduction::LogSumExp,
     ];
-    for (op_type, build, axes_input_from) in reductions {
-        reg.insert(OpSpec::new(op_type, build).opsets(1..=axes_input_from - 1));
+
+    fn op_type(self) -> &'static str {
+        match self {
+            Reduction::Sum => "ReduceSum",
+            Reduction::Mean => "ReduceMean",
+            Reduction::Max => "ReduceMax",
+            Reduction::Min => "ReduceMin",
+            Reduction::Prod => "ReduceProd",
+            Reduction::L1 => "ReduceL1",
+            Reduction::L2 => "ReduceL2",
+            Reduction::SumSquare => "ReduceSumSquare",
+            Reduction::LogSum => "ReduceLogSum",
+            Reduction::LogSumExp => "ReduceLogSumExp",
+        }
+    }
+
+    /// The first opset where `axes` is an input instead of an attribute.
+    fn axes_input_opset(self) -> i64 {
+        match self {
+            Reduction::Sum => 13,
+            _ => 18,
+        }
+    }
+}
+
+pub fn register(reg: &mut Registry) {
+    for reduction in Reduction::ALL {
+        let op_type = reduction.op_type();
+        let axes_input_from = reduction.axes_input_opset();
+        reg.insert(OpSpec::new(op_type, build_reduce).opsets(1..=axes_input_from - 1));
         reg.insert(
-            OpSpec::new(op_type, build)
+            OpSpec::new(op_type, build_reduce)
                 .opsets(axes_input_from..=23)
                 .inputs(1..=2)
                 .differentiable(Differentiable::Only(&[0])),
@@ -74,20 +94,17 @@ pub fn register(reg: &mut Registry) {
 
 /// Where a reduction's axes come from.
 enum Axes {
-    /// Opsets before the axes input: the `axes` attribute (`None`: every axis).
-    Attribute(Option<Vec<i64>>),
+    /// Opsets before the axes input: the `axes` attribute (empty: every axis).
+    Attribute(Vec<i64>),
     /// The optional second input; `noop` when `noop_with_empty_axes = 1`.
     Input { noop: bool },
 }
 
-fn axes_input_opset(reduction: Reduction) -> i64 {
-    match reduction {
-        Reduction::Sum => 13,
-        _ => 18,
-    }
-}
-
-fn build_reduce(info: &NodeInfo, reduction: Reduction) -> OpResult<Kernel> {
+fn build_reduce(info: &NodeInfo) -> OpResult<Kernel> {
+    let reduction = Reduction::ALL
+        .into_iter()
+        .find(|r| r.op_type() == info.op_type)
+        .ok_or_else(|| OpError::Unsupported(format!("{} is not a reduction", info.op_type)))?;
     let keepdims = match info.attrs.int("keepdims", 1)? {
         0 => false,
         1 => true,
@@ -98,8 +115,8 @@ fn build_reduce(info: &NodeInfo, reduction: Reduction) -> OpResult<Kernel> {
             })
         }
     };
-    let axes = if info.opset < axes_input_opset(reduction) {
-        Axes::Attribute(info.attrs.ints_opt("axes")?)
+    let axes = if info.opset < reduction.axes_input_opset() {
+        Axes::Attribute(info.attrs.ints("axes")?)
     } else {
         Axes::Input {
             noop: info.attrs.int("noop_with_empty_axes", 0)? != 0,
@@ -108,8 +125,8 @@ fn build_reduce(info: &NodeInfo, reduction: Reduction) -> OpResult<Kernel> {
     Ok(Box::new(move |inputs| {
         let x = input(inputs, 0)?;
         let rank = x.dim() as i64;
-        let requested = match &axes {
-            Axes::Attribute(list) => list.clone().unwrap_or_default(),
+        let dims = match &axes {
+            Axes::Attribute(list) => resolve_axes(list, rank)?,
             Axes::Input { noop } => {
                 let list = input_opt(inputs, 1)
                     .map(ints)
@@ -118,10 +135,9 @@ fn build_reduce(info: &NodeInfo, reduction: Reduction) -> OpResult<Kernel> {
                 if list.is_empty() && *noop {
                     return Ok(vec![x.shallow_clone()]);
                 }
-                list
+                resolve_axes(&list, rank)?
             }
         };
-        let dims = resolve_axes(&requested, rank)?;
         Ok(vec![reduce(x, reduction, &dims, keepdims)?])
     }))
 }
