@@ -1,5 +1,7 @@
 //! Integration tests: one binary made of modules.
 
+mod cli;
 mod common;
 mod conformance;
+mod gradient_parity;
 mod roundtrip;

@@ -1,0 +1,289 @@
+//! The `ibau` binary end to end: bad input, inspect, verify, exit codes.
+//! Fixtures are made by tools/make_fixtures.py (see models/README.md).
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use ibau::onnx::proto::{ModelProto, NodeProto, StringStringEntryProto};
+
+use crate::common::{self, ibau, stderr, stdout};
+
+fn onnx_fixtures() -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(common::root().join("models"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    all.sort();
+    assert!(all.len() >= 5, "fixtures missing: {all:?}");
+    all
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts exit code 2 and a one-line error naming `needle`.
+fn assert_error(out: &std::process::Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "`{needle}` not in: {err}");
+}
+
+#[test]
+fn truncated_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::fixture("vgg_badnets_legacy.onnx")).unwrap();
+    let path = dir.path().join("truncated.onnx");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_error(&ibau(&["inspect", path_str(&path)]), "truncated.onnx");
+}
+
+#[test]
+fn a_file_that_is_not_onnx_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.onnx");
+    std::fs::write(&path, "these are not the weights you are looking for\n").unwrap();
+    assert_error(&ibau(&["inspect", path_str(&path)]), "notes.onnx");
+    let empty = dir.path().join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    assert_error(&ibau(&["verify", path_str(&empty)]), "empty.onnx");
+    assert_error(
+        &ibau(&["inspect", "/nonexistent/model.onnx"]),
+        "/nonexistent/model.onnx",
+    );
+}
+
+/// The fixture with its first initializer moved to an external file at `location`.
+fn with_external_initializer(dir: &Path, location: &str, data: &[u8]) -> PathBuf {
+    let bytes = std::fs::read(common::fixture("vgg_badnets_legacy.onnx")).unwrap();
+    let mut model = ModelProto::decode(bytes.as_slice()).unwrap();
+    let init = &mut model.graph.as_mut().unwrap().initializer[0];
+    let raw = init.raw_data.take().expect("raw data");
+    let kv = |k: &str, v: String| StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    init.external_data = vec![
+        kv("location", location.into()),
+        kv("offset", "0".into()),
+        kv("length", raw.len().to_string()),
+    ];
+    init.data_location = Some(1);
+    let _ = raw;
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    if !data.is_empty() {
+        std::fs::write(dir.join("weights.bin"), data).unwrap();
+    }
+    path
+}
+
+#[test]
+fn external_data_outside_the_model_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = with_external_initializer(dir.path(), "../weights.bin", b"");
+    assert_error(&ibau(&["inspect", path_str(&model)]), "../weights.bin");
+}
+
+#[test]
+fn missing_or_short_external_data_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = with_external_initializer(dir.path(), "absent.bin", b"");
+    assert_error(&ibau(&["inspect", path_str(&model)]), "absent.bin");
+    let dir = tempfile::tempdir().unwrap();
+    let model = with_external_initializer(dir.path(), "weights.bin", &[0u8; 3]);
+    assert_error(&ibau(&["inspect", path_str(&model)]), "too short");
+}
+
+#[test]
+fn external_data_round_trips_and_stays_external() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = ibau::onnx::Model::load(common::fixture("vgg_badnets_legacy.onnx")).unwrap();
+    let init = &original.graph().initializer[0];
+    let raw = init.raw_data.clone().unwrap();
+    let model = with_external_initializer(dir.path(), "weights.bin", &raw);
+    let loaded = ibau::onnx::Model::load(&model).unwrap();
+    assert_eq!(loaded.external.len(), 1);
+    assert_eq!(loaded.graph().initializer[0].raw_data.as_ref(), Some(&raw));
+    let out = dir.path().join("copy.onnx");
+    loaded.save(&out).unwrap();
+    let saved = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    let t = &saved.graph.as_ref().unwrap().initializer[0];
+    assert_eq!(t.data_location, Some(1));
+    assert!(t.raw_data.is_none());
+    assert!(dir.path().join("copy.onnx.data").exists());
+    let reloaded = ibau::onnx::Model::load(&out).unwrap();
+    assert_eq!(
+        reloaded.graph().initializer[0].raw_data.as_ref(),
+        Some(&raw)
+    );
+    // Saving onto the input is refused.
+    assert!(loaded.save(&model).is_err());
+}
+
+#[test]
+fn inspect_json_works_on_every_fixture_and_the_authors_model() {
+    let mut models = onnx_fixtures();
+    models.extend(common::authors_model());
+    for model in models {
+        let out = ibau(&["inspect", "--json", path_str(&model)]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            model.display(),
+            stderr(&out)
+        );
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(json["schema"], 1);
+        assert_eq!(
+            json["inputs"].as_array().unwrap().len(),
+            1,
+            "{}",
+            model.display()
+        );
+        assert!(json["nodes"]["total"].as_u64().unwrap() > 0);
+        assert!(
+            json["unsupported_ops"].as_array().unwrap().is_empty(),
+            "{}",
+            model.display()
+        );
+        let share = json["trainable"]["share"].as_f64().unwrap();
+        assert_eq!(share, 1.0, "{}: every weight trainable", model.display());
+    }
+}
+
+#[test]
+fn batchnorm_running_statistics_stay_frozen() {
+    let out = ibau(&[
+        "inspect",
+        "--json",
+        path_str(&common::fixture("vgg_badnets_bn.onnx")),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let frozen: Vec<&str> = json["trainable"]["frozen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        frozen.iter().filter(|n| n.contains("running_mean")).count(),
+        6,
+        "{frozen:?}"
+    );
+    assert_eq!(
+        frozen.iter().filter(|n| n.contains("running_var")).count(),
+        6,
+        "{frozen:?}"
+    );
+}
+
+#[test]
+fn verify_passes_on_every_fixture_and_the_authors_model() {
+    let mut models = onnx_fixtures();
+    models.extend(common::authors_model());
+    for model in models {
+        let out = ibau(&["verify", "--json", path_str(&model)]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}{}",
+            model.display(),
+            stdout(&out),
+            stderr(&out)
+        );
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(json["passed"], true);
+        for o in json["outputs"].as_array().unwrap() {
+            let ort = o["max_abs_diff"]["ort"].as_f64().unwrap();
+            assert!(ort <= 1e-4, "{}: ort {ort}", model.display());
+            eprintln!(
+                "{}: ort {ort:.2e} tract {}",
+                model.display(),
+                o["max_abs_diff"]["tract"]
+            );
+        }
+    }
+}
+
+#[test]
+fn unsupported_ops_are_listed_together_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::fixture("vgg_badnets_legacy.onnx")).unwrap();
+    let mut model = ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let first_output = graph.node[0].output[0].clone();
+    // Two nodes no importer knows, feeding nothing the outputs need.
+    for (name, op, domain) in [
+        ("mystery_1", "FrobnicateV2", ""),
+        ("mystery_2", "Quantum", "com.example"),
+    ] {
+        graph.node.push(NodeProto {
+            name: Some(name.into()),
+            op_type: Some(op.into()),
+            domain: Some(domain.into()),
+            input: vec![first_output.clone()],
+            output: vec![format!("{name}_out")],
+            ..Default::default()
+        });
+    }
+    model
+        .opset_import
+        .push(ibau::onnx::proto::OperatorSetIdProto {
+            domain: Some("com.example".into()),
+            version: Some(1),
+        });
+    let path = dir.path().join("unknown_ops.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let out = ibau(&["verify", path_str(&path)]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "2 unsupported ops",
+        "mystery_1",
+        "FrobnicateV2",
+        "mystery_2",
+        "Quantum",
+        "com.example",
+    ] {
+        assert!(err.contains(needle), "`{needle}` missing from: {err}");
+    }
+    // inspect still works and lists them.
+    let out = ibau(&["inspect", "--json", path_str(&path)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["unsupported_ops"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn bad_options_exit_2() {
+    let model = common::fixture("vgg_badnets_legacy.onnx");
+    let out = ibau(&[
+        "eval",
+        path_str(&model),
+        "--data",
+        "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+        "--trigger",
+        "patch:size=x",
+        "--target",
+        "0",
+    ]);
+    assert_error(&out, "size");
+    let out = ibau(&[
+        "eval",
+        path_str(&model),
+        "--data",
+        "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+        "--range",
+        "9000:20000",
+    ]);
+    assert_error(&out, "9000:20000");
+    let out = ibau(&["verify", path_str(&model), "--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(2));
+}
