@@ -119,7 +119,10 @@ impl Comparisons {
             println!("{what:<48} {d:.3e}");
         }
         for prefix in ["logits", "perturbation", "hypergradient", "adam"] {
-            println!("max relative difference, {prefix}: {:.3e}", self.worst(prefix));
+            println!(
+                "max relative difference, {prefix}: {:.3e}",
+                self.worst(prefix)
+            );
         }
         let failed: Vec<String> = self
             .0
@@ -163,7 +166,10 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     let ours: BTreeSet<String> = names.iter().cloned().collect();
-    assert_eq!(ours, theirs, "trainable tensors differ from PyTorch's parameters");
+    assert_eq!(
+        ours, theirs,
+        "trainable tensors differ from PyTorch's parameters"
+    );
     assert_eq!(names.len(), theirs.len(), "a parameter is listed twice");
 
     // The same data, read by our own IDX reader.
@@ -189,6 +195,14 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
     let logits = tch::no_grad(|| model.logits(&batches[0].images)).expect("forward");
     cmp.add("logits (batch 1)", &logits, &reference.get("logits_batch1"));
 
+    for steps in [1usize, 2] {
+        let c = Config {
+            perturbation_steps: Some(steps),
+            ..Config::default()
+        };
+        let d = perturbation_search(&model, &batches, &c).unwrap();
+        d.write_npy(format!("/tmp/rust_d{steps}.npy")).unwrap();
+    }
     // Perturbation search: one pass over the two batches (the paper's
     // schedule), and four steps, whose result is projected onto the ball.
     let config = Config::default();
@@ -216,15 +230,8 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
     let mask = Tensor::zeros([100, 1, 1, 1], (Kind::Double, tch::Device::Cpu));
     let _ = mask.narrow(0, mask_index, 1).fill_(1.0);
     let ref_delta = reference.get("perturbation");
-    let grads = hypergradient(
-        &model,
-        &ref_delta,
-        &batches[1],
-        &mask,
-        &batches[0],
-        &config,
-    )
-    .expect("hypergradient");
+    let grads = hypergradient(&model, &ref_delta, &batches[1], &mask, &batches[0], &config)
+        .expect("hypergradient");
     assert_eq!(grads.len(), names.len());
     for (name, g) in names.iter().zip(&grads) {
         cmp.add(

@@ -150,6 +150,11 @@ fn elu_negative_part(x: &Tensor, alpha: f64) -> Result<Tensor, tch::TchError> {
 
 fn build_elu(info: &NodeInfo) -> OpResult<Kernel> {
     let alpha = f64::from(info.attrs.float("alpha", 1.0)?);
+    // With the default alpha, libtorch's fused elu (twice differentiable,
+    // no overflow); tch exposes no alpha, so other values are composed.
+    if alpha == 1.0 {
+        return Ok(unary(|x| x.f_elu()));
+    }
     Ok(unary(move |x| {
         x.f_relu()?.f_add(&elu_negative_part(x, alpha)?)
     }))
