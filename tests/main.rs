@@ -5,3 +5,4 @@ mod common;
 mod conformance;
 mod gradient_parity;
 mod roundtrip;
+mod sanitize;

@@ -1,0 +1,163 @@
+//! `ibau sanitize` end to end on the real poisoned fixtures
+//! (tools/make_fixtures.py): what it writes, what it refuses, and (one slow,
+//! seeded test) that it removes the BadNets backdoor.
+
+use std::path::Path;
+
+use prost::Message;
+
+use ibau::onnx::proto::ModelProto;
+
+use crate::common::{self, ibau, stderr, stdout};
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+
+fn decode(path: &Path) -> ModelProto {
+    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
+#[test]
+fn sanitize_writes_only_trained_weights_and_the_file_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::fixture("vgg_badnets_bn.onnx");
+    let before = std::fs::read(&input).unwrap();
+    let output = dir.path().join("clean.onnx");
+    let report = dir.path().join("report.json");
+    let out = ibau(&[
+        "sanitize",
+        input.to_str().unwrap(),
+        "--clean",
+        FASHION,
+        "--clean-range",
+        "0:200",
+        "--test",
+        FASHION,
+        "--test-range",
+        "9000:9500",
+        "--trigger",
+        "patch:size=3,value=1,row=24,col=24",
+        "--target",
+        "0",
+        "--rounds",
+        "1",
+        "--device",
+        "cpu",
+        "-o",
+        output.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("before"),
+        "before/after table: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        before,
+        "the input is untouched"
+    );
+
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["parity"]["passed"], true);
+    assert!(json["parity"]["max_abs_diff"].as_f64().unwrap() <= 1e-4);
+    assert_eq!(json["rounds"].as_array().unwrap().len(), 1);
+    assert_eq!(json["trainable"]["share"], 1.0);
+    assert!(
+        json["before"]["asr"].as_f64().unwrap() > 0.9,
+        "the fixture is poisoned"
+    );
+
+    // Same graph, same names, same dtypes and storage; only trained data changed.
+    let (a, b) = (decode(&input), decode(&output));
+    assert_eq!(a.opset_import, b.opset_import);
+    assert_eq!(a.ir_version, b.ir_version);
+    let (ga, gb) = (a.graph.as_ref().unwrap(), b.graph.as_ref().unwrap());
+    assert_eq!(ga.node, gb.node);
+    assert_eq!(ga.input, gb.input);
+    assert_eq!(ga.output, gb.output);
+    assert_eq!(ga.initializer.len(), gb.initializer.len());
+    let mut changed = 0;
+    for (x, y) in ga.initializer.iter().zip(&gb.initializer) {
+        assert_eq!(
+            (x.name(), x.data_type(), &x.dims),
+            (y.name(), y.data_type(), &y.dims)
+        );
+        assert_eq!(x.raw_data.is_some(), y.raw_data.is_some());
+        let statistics = x.name().contains("running_");
+        if statistics {
+            assert_eq!(x, y, "{} is frozen", x.name());
+        } else if x != y {
+            changed += 1;
+        }
+    }
+    assert!(
+        changed >= 12,
+        "trained weights were written back ({changed} changed)"
+    );
+
+    let out = ibau(&["verify", "--json", output.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn sanitize_refuses_to_overwrite_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("model.onnx");
+    std::fs::copy(common::fixture("vgg_badnets_legacy.onnx"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let out = ibau(&[
+        "sanitize",
+        input.to_str().unwrap(),
+        "--clean",
+        FASHION,
+        "--clean-range",
+        "0:100",
+        "--rounds",
+        "1",
+        "-o",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("input model"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
+
+#[test]
+fn data_that_does_not_fit_the_model_names_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three-channel 32x32 images against a [batch, 1, 28, 28] model.
+    let npz = dir.path().join("rgb.npz");
+    let mut writer = ndarray_npy::NpzWriter::new(std::fs::File::create(&npz).unwrap());
+    writer
+        .add_array("x", &ndarray::Array4::<u8>::zeros((4, 3, 32, 32)))
+        .unwrap();
+    writer
+        .add_array("y", &ndarray::Array1::<i64>::zeros(4))
+        .unwrap();
+    writer.finish().unwrap();
+    let output = dir.path().join("never.onnx");
+    let out = ibau(&[
+        "sanitize",
+        common::fixture("vgg_badnets_legacy.onnx").to_str().unwrap(),
+        "--clean",
+        npz.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("[4, 3, 32, 32]") && err.contains("1, 28, 28]"),
+        "{err}"
+    );
+    assert!(!output.exists());
+}
