@@ -1,9 +1,11 @@
 //! Gradient parity with our PyTorch reference of I-BAU (tools/ibau_reference.py,
 //! written from DESIGN.md the way the authors' code computes it), in float64
 //! on the BN-kept VGG fixture and the first 200 Fashion-MNIST test images:
-//! the forward pass, the perturbation search (one pass, and four steps that
-//! reach the L2 projection), the implicit hypergradient of every parameter for
-//! one outer step with a fixed mask, and two Adam steps along it.
+//! the forward pass, the perturbation search (one pass over the two batches;
+//! on jittered images also four steps, which reach the L2 projection), the
+//! implicit hypergradient of every parameter for one outer step with a fixed
+//! mask, and two Adam steps along it. Every comparison is
+//! `max |ours - reference| / max |reference|` per tensor, at most 1e-4.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -116,7 +118,7 @@ impl Comparisons {
     }
     fn check(&self) {
         for (what, d) in &self.0 {
-            println!("{what:<48} {d:.3e}");
+            println!("{what:<60} {d:.3e}");
         }
         for prefix in ["logits", "perturbation", "hypergradient", "adam"] {
             println!(
@@ -195,32 +197,59 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
     let logits = tch::no_grad(|| model.logits(&batches[0].images)).expect("forward");
     cmp.add("logits (batch 1)", &logits, &reference.get("logits_batch1"));
 
-    for steps in [1usize, 2] {
-        let c = Config {
-            perturbation_steps: Some(steps),
-            ..Config::default()
-        };
-        let d = perturbation_search(&model, &batches, &c).unwrap();
-        d.write_npy(format!("/tmp/rust_d{steps}.npy")).unwrap();
-    }
-    // Perturbation search: one pass over the two batches (the paper's
-    // schedule), and four steps, whose result is projected onto the ball.
+    // Perturbation search, one pass over the two batches (the paper's
+    // schedule). At delta = 0 the images' flat regions make max-pool windows
+    // whose candidates tie up to rounding, so the subgradient there depends
+    // on the last bit of BatchNorm's output (JITTER_NOTE in the reference):
+    // the strict check is against the reference computing BatchNorm by the
+    // ONNX formula, as our importer does; against stock PyTorch (fused
+    // BatchNorm) the difference is reported and only bounded.
     let config = Config::default();
+    let perturbations = &reference.manifest["perturbation"];
     let delta = perturbation_search(&model, &batches, &config).expect("perturbation search");
     cmp.add(
-        "perturbation (one pass)",
+        "perturbation (one pass; reference BN by the ONNX formula)",
         &delta,
-        &reference.get("perturbation"),
+        &reference.tensor(&perturbations["onnx_bn"]["file"]),
+    );
+    let stock = relative_difference(&delta, &reference.tensor(&perturbations["stock"]["file"]));
+    println!("perturbation (one pass) vs stock PyTorch BatchNorm, max-pool ties broken differently: {stock:.3e}");
+    assert!(
+        stock < 0.1,
+        "the perturbation differs from stock PyTorch's by {stock:.3e}: more than tie-breaking"
+    );
+
+    // On jittered images (no ties): strict against stock PyTorch, one pass and
+    // four steps, whose result is projected onto the ball.
+    let jittered_images = reference.get("images_jittered");
+    let jittered: Vec<Batch> = (0..2)
+        .map(|b| Batch {
+            images: jittered_images.narrow(0, 100 * b, 100),
+            labels: data.labels.narrow(0, 100 * b, 100),
+        })
+        .collect();
+    let delta_jittered =
+        perturbation_search(&model, &jittered, &config).expect("perturbation search");
+    cmp.add(
+        "perturbation (one pass, jittered images)",
+        &delta_jittered,
+        &reference.tensor(&perturbations["jittered"]["file"]),
     );
     let four = Config {
         perturbation_steps: Some(4),
         ..Config::default()
     };
-    let projected = perturbation_search(&model, &batches, &four).expect("perturbation search");
+    let projected = perturbation_search(&model, &jittered, &four).expect("perturbation search");
+    let norm = projected.norm().double_value(&[]);
+    assert!(
+        (norm - config.perturbation_radius).abs() < 1e-9,
+        "four steps should reach the ball of radius {}: norm {norm}",
+        config.perturbation_radius
+    );
     cmp.add(
-        "perturbation (4 steps, projected)",
+        "perturbation (4 steps, jittered, projected)",
         &projected,
-        &reference.get("perturbation_4_steps"),
+        &reference.tensor(&perturbations["jittered_4_steps"]["file"]),
     );
 
     // Hypergradient for one outer step: outer batch 2 whose sample 7 gets the
@@ -229,7 +258,7 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
     let mask_index = reference.manifest["mask_index"].as_i64().unwrap();
     let mask = Tensor::zeros([100, 1, 1, 1], (Kind::Double, tch::Device::Cpu));
     let _ = mask.narrow(0, mask_index, 1).fill_(1.0);
-    let ref_delta = reference.get("perturbation");
+    let ref_delta = reference.get("hypergradient_perturbation");
     let grads = hypergradient(&model, &ref_delta, &batches[1], &mask, &batches[0], &config)
         .expect("hypergradient");
     assert_eq!(grads.len(), names.len());

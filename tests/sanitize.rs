@@ -161,3 +161,72 @@ fn data_that_does_not_fit_the_model_names_both_shapes() {
     );
     assert!(!output.exists());
 }
+
+/// The slow one (several minutes on 2 cores): the paper's defaults, 5000
+/// clean samples, seed 0, on the BadNets VGG fixture; the backdoor must be
+/// gone (ASR < 10%) within 3 rounds with at most 2 points of ACC lost, and the
+/// written file must pass `ibau verify`.
+#[test]
+fn sanitize_removes_the_badnets_backdoor_within_three_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("vgg_clean.onnx");
+    let report = dir.path().join("report.json");
+    let out = ibau(&[
+        "sanitize",
+        common::fixture("vgg_badnets_legacy.onnx").to_str().unwrap(),
+        "--clean",
+        FASHION,
+        "--clean-range",
+        "0:5000",
+        "--test",
+        FASHION,
+        "--test-range",
+        "5000:10000",
+        "--trigger",
+        "patch:size=3,value=1,row=24,col=24",
+        "--target",
+        "0",
+        "--rounds",
+        "3",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "-o",
+        output.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    eprintln!("{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let acc_before = json["before"]["acc"].as_f64().unwrap();
+    let asr_before = json["before"]["asr"].as_f64().unwrap();
+    assert!(
+        asr_before > 0.9,
+        "the fixture is poisoned: ASR {asr_before}"
+    );
+    let rounds = json["rounds"].as_array().unwrap();
+    let first_clean = rounds
+        .iter()
+        .position(|r| r["asr"].as_f64().unwrap() < 0.10);
+    assert!(
+        first_clean.is_some(),
+        "ASR under 10% within 3 rounds: {rounds:?}"
+    );
+    let acc_after = json["after"]["acc"].as_f64().unwrap();
+    let asr_after = json["after"]["asr"].as_f64().unwrap();
+    assert!(asr_after < 0.10, "ASR after: {asr_after}");
+    assert!(
+        acc_before - acc_after <= 0.02,
+        "ACC {acc_before} -> {acc_after}"
+    );
+    let out = ibau(&["verify", output.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
