@@ -13,9 +13,14 @@ pub fn run(path: &Path, inputs: &[Tensor]) -> Result<Vec<Tensor>, ParityError> {
         path: path.display().to_string(),
         message: format!("{e:#}"),
     };
-    let mut model = tract_onnx::onnx()
-        .model_for_path(path)
-        .map_err(|e| err(&e))?;
+    let mut model = match stripped_of_declared_shapes(path) {
+        // Exporters' value_info (and symbolic output shapes) can contradict
+        // the concrete batch we feed; tract then refuses to unify them. The
+        // graph determines the shapes: give tract the file without them.
+        Some(bytes) => tract_onnx::onnx().model_for_read(&mut bytes.as_slice()),
+        None => tract_onnx::onnx().model_for_path(path),
+    }
+    .map_err(|e| err(&e))?;
     let mut values = TVec::new();
     for (i, input) in inputs.iter().enumerate() {
         let (shape, data) = to_vec::<f32>(input, Kind::Float)?;
@@ -42,4 +47,25 @@ pub fn run(path: &Path, inputs: &[Tensor]) -> Result<Vec<Tensor>, ParityError> {
             Ok(Tensor::f_from_slice(&data)?.f_view(shape.as_slice())?)
         })
         .collect()
+}
+
+/// The model file without `value_info` and output shapes, when it has no
+/// external data (tract reads external data relative to a path).
+fn stripped_of_declared_shapes(path: &Path) -> Option<Vec<u8>> {
+    use prost::Message;
+    let bytes = std::fs::read(path).ok()?;
+    let mut model = crate::onnx::proto::ModelProto::decode(bytes.as_slice()).ok()?;
+    let graph = model.graph.as_mut()?;
+    if graph.initializer.iter().any(|t| t.data_location == Some(1)) {
+        return None;
+    }
+    graph.value_info.clear();
+    for output in &mut graph.output {
+        if let Some(crate::onnx::proto::type_proto::Value::TensorType(t)) =
+            output.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+    }
+    Some(model.encode_to_vec())
 }
