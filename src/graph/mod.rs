@@ -30,7 +30,7 @@ pub enum GraphError {
         node: String,
         op_type: String,
         #[source]
-        source: OpError,
+        source: Box<OpError>,
     },
     #[error("node `{node}` ({op_type}): input `{value}` is not produced by any node, initializer or graph input")]
     MissingValue {
@@ -299,7 +299,7 @@ impl Graph {
         let node_err = |node: &str, op_type: &str, source: OpError| GraphError::Node {
             node: node.to_string(),
             op_type: op_type.to_string(),
-            source,
+            source: Box::new(source),
         };
 
         // Slots: one per value name.
@@ -564,7 +564,7 @@ impl Graph {
             let results = (node.kernel)(&args).map_err(|source| GraphError::Node {
                 node: node.name.clone(),
                 op_type: node.op_type.clone(),
-                source,
+                source: Box::new(source),
             })?;
             for (s, t) in node.outputs.iter().zip(results) {
                 values[*s] = Some(t);
