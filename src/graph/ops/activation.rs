@@ -343,7 +343,9 @@ fn build_dropout(info: &NodeInfo) -> OpResult<Kernel> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gradcheck::{attr, build, check_second_derivative, kernel_fn};
+    use super::super::gradcheck::{
+        assert_close, attr, build, check_second_derivative, kernel_fn, values,
+    };
     use super::super::Attrs;
     use super::*;
     use crate::onnx::proto::AttributeProto;
@@ -378,22 +380,6 @@ mod tests {
         num_outputs: usize,
     ) -> Kernel {
         try_build(op, opset, attrs, num_inputs, num_outputs).expect("kernel builds")
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("f64 values")
-    }
-
-    fn assert_close(t: &Tensor, expected: &[f64]) {
-        let got = values(t);
-        assert_eq!(
-            got.len(),
-            expected.len(),
-            "got {got:?}, expected {expected:?}"
-        );
-        for (g, e) in got.iter().zip(expected) {
-            assert!((g - e).abs() < 1e-6, "got {got:?}, expected {expected:?}");
-        }
     }
 
     fn run(op: &str, opset: i64, attrs: &[AttributeProto], inputs: &[Tensor]) -> Vec<Tensor> {

@@ -64,6 +64,24 @@ pub fn check_second_derivative(f: impl Fn(&Tensor) -> Tensor, x: &Tensor) -> Res
     Ok(())
 }
 
+/// A tensor's values as f64, flattened.
+pub fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("f64 values")
+}
+
+/// Asserts `t` holds `expected` within 1e-6.
+pub fn assert_close(t: &Tensor, expected: &[f64]) {
+    let got = values(t);
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "got {got:?}, expected {expected:?}"
+    );
+    for (g, e) in got.iter().zip(expected) {
+        assert!((g - e).abs() < 1e-6, "got {got:?}, expected {expected:?}");
+    }
+}
+
 /// Runs `kernel` on `inputs`, the `wrt`-th of which is the variable.
 pub fn kernel_fn<'a>(
     kernel: &'a super::Kernel,

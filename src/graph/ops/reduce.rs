@@ -227,25 +227,9 @@ fn build_arg(info: &NodeInfo) -> OpResult<Kernel> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gradcheck::{attr, build, check_second_derivative, kernel_fn};
+    use super::super::gradcheck::{assert_close, attr, build, check_second_derivative, kernel_fn};
     use super::*;
     use crate::onnx::proto::AttributeProto;
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("f64 values")
-    }
-
-    fn assert_close(t: &Tensor, expected: &[f64]) {
-        let got = values(t);
-        assert_eq!(
-            got.len(),
-            expected.len(),
-            "got {got:?}, expected {expected:?}"
-        );
-        for (g, e) in got.iter().zip(expected) {
-            assert!((g - e).abs() < 1e-6, "got {got:?}, expected {expected:?}");
-        }
-    }
 
     fn run(op: &str, opset: i64, attrs: &[AttributeProto], inputs: &[Option<&Tensor>]) -> Tensor {
         let kernel = build(op, opset, attrs, inputs.len());
