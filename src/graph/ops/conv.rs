@@ -21,6 +21,7 @@
 //!   A and B must be 2-D.
 //! - Einsum: whitespace in `equation` is dropped before it goes to tch.
 
+use super::{attr_error, input_error};
 use tch::Tensor;
 
 use super::util::{input, input_opt};
@@ -46,20 +47,6 @@ pub fn register(reg: &mut Registry) {
     );
 }
 
-fn attr_err(name: &str, reason: impl Into<String>) -> OpError {
-    OpError::Attribute {
-        name: name.to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn input_err(index: usize, reason: impl Into<String>) -> OpError {
-    OpError::Input {
-        index,
-        reason: reason.into(),
-    }
-}
-
 /// The `auto_pad` attribute of convolutions and pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AutoPad {
@@ -77,7 +64,7 @@ impl AutoPad {
             "SAME_UPPER" => Ok(AutoPad::SameUpper),
             "SAME_LOWER" => Ok(AutoPad::SameLower),
             "VALID" => Ok(AutoPad::Valid),
-            other => Err(attr_err(
+            other => Err(attr_error(
                 "auto_pad",
                 format!(
                     "unknown value `{other}` (expected NOTSET, SAME_UPPER, SAME_LOWER or VALID)"
@@ -108,7 +95,7 @@ impl Window {
             let values = attrs.ints_opt(name)?;
             if let Some(v) = &values {
                 if let Some(bad) = v.iter().find(|&&x| x < 1) {
-                    return Err(attr_err(name, format!("values must be >= 1, got {bad}")));
+                    return Err(attr_error(name, format!("values must be >= 1, got {bad}")));
                 }
             }
             Ok(values)
@@ -119,7 +106,7 @@ impl Window {
         let pads = attrs.ints_opt("pads")?;
         if let Some(p) = &pads {
             if p.len() % 2 != 0 {
-                return Err(attr_err(
+                return Err(attr_error(
                     "pads",
                     format!(
                         "expected an even number of values (begins then ends), got {}",
@@ -128,7 +115,10 @@ impl Window {
                 ));
             }
             if let Some(bad) = p.iter().find(|&&x| x < 0) {
-                return Err(attr_err("pads", format!("values must be >= 0, got {bad}")));
+                return Err(attr_error(
+                    "pads",
+                    format!("values must be >= 0, got {bad}"),
+                ));
             }
         }
         Ok(Window {
@@ -152,7 +142,7 @@ impl Window {
     pub(crate) fn kernel(&self, n: usize) -> OpResult<Vec<i64>> {
         match &self.kernel_shape {
             Some(k) => per_axis("kernel_shape", Some(k), n, 1),
-            None => Err(attr_err("kernel_shape", "required but missing")),
+            None => Err(attr_error("kernel_shape", "required but missing")),
         }
     }
 
@@ -161,7 +151,7 @@ impl Window {
     pub(crate) fn kernel_from_weight(&self, weight_spatial: &[i64]) -> OpResult<Vec<i64>> {
         if let Some(k) = &self.kernel_shape {
             if k.as_slice() != weight_spatial {
-                return Err(attr_err(
+                return Err(attr_error(
                     "kernel_shape",
                     format!("{k:?} does not match the weight's spatial shape {weight_spatial:?}"),
                 ));
@@ -175,7 +165,7 @@ impl Window {
         match &self.pads {
             None => Ok(vec![(0, 0); n]),
             Some(p) if p.len() == 2 * n => Ok((0..n).map(|i| (p[i], p[n + i])).collect()),
-            Some(p) => Err(attr_err(
+            Some(p) => Err(attr_error(
                 "pads",
                 format!(
                     "expected {} values (begin and end of {n} spatial axes), got {}",
@@ -225,7 +215,7 @@ pub(crate) fn per_axis(
     match values {
         None => Ok(vec![default; n]),
         Some(v) if v.len() == n => Ok(v.to_vec()),
-        Some(v) => Err(attr_err(
+        Some(v) => Err(attr_error(
             name,
             format!(
                 "expected {n} values (one per spatial axis), got {}",
@@ -259,7 +249,7 @@ pub(crate) fn spatial_rank(x: &Tensor, index: usize) -> OpResult<usize> {
     if (3..=5).contains(&rank) {
         Ok(rank - 2)
     } else {
-        Err(input_err(
+        Err(input_error(
             index,
             format!("expected rank 3 to 5 (N, C and 1 to 3 spatial axes), got rank {rank}"),
         ))
@@ -269,7 +259,7 @@ pub(crate) fn spatial_rank(x: &Tensor, index: usize) -> OpResult<usize> {
 /// Checks that the weight has the input's rank.
 fn check_weight_rank(x: &Tensor, w: &Tensor) -> OpResult<()> {
     if w.dim() != x.dim() {
-        return Err(input_err(
+        return Err(input_error(
             1,
             format!(
                 "the weight has rank {} but the input has rank {}",
@@ -284,7 +274,7 @@ fn check_weight_rank(x: &Tensor, w: &Tensor) -> OpResult<()> {
 fn group_attr(attrs: &Attrs) -> OpResult<i64> {
     let group = attrs.int("group", 1)?;
     if group < 1 {
-        return Err(attr_err("group", format!("must be >= 1, got {group}")));
+        return Err(attr_error("group", format!("must be >= 1, got {group}")));
     }
     Ok(group)
 }
@@ -350,7 +340,7 @@ impl ConvTransposeAttrs {
             (Some(shape), _) if shape.len() == n => shape.clone(),
             (Some(shape), _) if shape.len() == n + 2 => shape[2..].to_vec(),
             (Some(shape), _) => {
-                return Err(attr_err(
+                return Err(attr_error(
                     "output_shape",
                     format!(
                         "expected {n} values (one per spatial axis), got {}",
@@ -387,13 +377,13 @@ fn build_conv_transpose(info: &NodeInfo) -> OpResult<Kernel> {
         output_shape: info.attrs.ints_opt("output_shape")?,
     };
     if let Some(bad) = attrs.output_padding.iter().flatten().find(|&&p| p < 0) {
-        return Err(attr_err(
+        return Err(attr_error(
             "output_padding",
             format!("values must be >= 0, got {bad}"),
         ));
     }
     if let Some(bad) = attrs.output_shape.iter().flatten().find(|&&p| p < 1) {
-        return Err(attr_err(
+        return Err(attr_error(
             "output_shape",
             format!("values must be >= 1, got {bad}"),
         ));
@@ -475,7 +465,7 @@ fn build_gemm(info: &NodeInfo) -> OpResult<Kernel> {
         let matrix = |index: usize, transpose: bool| -> OpResult<Tensor> {
             let t = input(inputs, index)?;
             if t.dim() != 2 {
-                return Err(input_err(
+                return Err(input_error(
                     index,
                     format!("expected a matrix, got rank {}", t.dim()),
                 ));
@@ -511,13 +501,13 @@ fn build_einsum(info: &NodeInfo) -> OpResult<Kernel> {
     let equation: String = info
         .attrs
         .string_opt("equation")?
-        .ok_or_else(|| attr_err("equation", "required but missing"))?
+        .ok_or_else(|| attr_error("equation", "required but missing"))?
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
     let operands = equation.split("->").next().unwrap_or("").split(',').count();
     if operands != info.num_inputs {
-        return Err(attr_err(
+        return Err(attr_error(
             "equation",
             format!(
                 "`{equation}` has {operands} operands but the node has {} inputs",

@@ -173,9 +173,18 @@ pub struct Attrs<'a> {
     list: &'a [AttributeProto],
 }
 
-fn attr_error(name: &str, reason: impl Into<String>) -> OpError {
+/// An error about attribute `name` of the node being built.
+pub(crate) fn attr_error(name: &str, reason: impl Into<String>) -> OpError {
     OpError::Attribute {
         name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// An error about input `index` of the node.
+pub(crate) fn input_error(index: usize, reason: impl Into<String>) -> OpError {
+    OpError::Input {
+        index,
         reason: reason.into(),
     }
 }

@@ -17,6 +17,7 @@
 //!   `stash_type` says; its optional Mean and InvStdDev outputs are returned
 //!   (shape `X.shape[:axis] + [1] * (rank - axis)`).
 
+use super::input_error;
 use tch::Tensor;
 
 use super::util::{input, input_opt, norm_axis};
@@ -37,13 +38,6 @@ pub fn register(reg: &mut Registry) {
             .outputs(1..=3),
     );
     reg.insert(OpSpec::new("LRN", build_lrn));
-}
-
-fn input_err(index: usize, reason: impl Into<String>) -> OpError {
-    OpError::Input {
-        index,
-        reason: reason.into(),
-    }
 }
 
 fn epsilon(info: &NodeInfo) -> OpResult<f64> {
@@ -92,7 +86,7 @@ fn build_batch_norm(info: &NodeInfo) -> OpResult<Kernel> {
     Ok(Box::new(move |inputs| {
         let x = input(inputs, 0)?;
         if x.dim() < 2 {
-            return Err(input_err(
+            return Err(input_error(
                 0,
                 format!("expected rank 2 or more (N, C, ...), got rank {}", x.dim()),
             ));
@@ -133,7 +127,7 @@ fn build_instance_norm(info: &NodeInfo) -> OpResult<Kernel> {
         let x = input(inputs, 0)?;
         let rank = x.dim();
         if rank < 3 {
-            return Err(input_err(
+            return Err(input_error(
                 0,
                 format!("expected rank 3 or more (N, C, D1, ...), got rank {rank}"),
             ));
@@ -186,7 +180,7 @@ fn build_lrn(info: &NodeInfo) -> OpResult<Kernel> {
         let x = input(inputs, 0)?;
         let rank = x.dim();
         if rank < 2 {
-            return Err(input_err(
+            return Err(input_error(
                 0,
                 format!("expected rank 2 or more (N, C, ...), got rank {rank}"),
             ));

@@ -48,6 +48,7 @@
 //! - Gather and GatherElements copy their indices to the CPU to check them
 //!   (an out-of-range index is an error, never a device assert).
 
+use super::{attr_error, input_error};
 use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
@@ -207,20 +208,6 @@ type Builder = fn(&NodeInfo) -> OpResult<Kernel>;
 
 // --- Helpers ------------------------------------------------------------------
 
-fn attr_err(name: &str, reason: impl Into<String>) -> OpError {
-    OpError::Attribute {
-        name: name.to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn input_err(index: usize, reason: impl Into<String>) -> OpError {
-    OpError::Input {
-        index,
-        reason: reason.into(),
-    }
-}
-
 /// `axis` counted from the end when negative; `None` when outside `0..rank`.
 fn resolve_axis(axis: i64, rank: usize) -> Option<usize> {
     let rank = rank as i64;
@@ -262,7 +249,7 @@ fn ints_opt(inputs: &[Option<&Tensor>], index: usize) -> OpResult<Option<Vec<i64
 /// Checks that `values` holds no negative dimension.
 fn check_dims(values: &[i64], index: usize, what: &str) -> OpResult<()> {
     match values.iter().find(|&&d| d < 0) {
-        Some(d) => Err(input_err(
+        Some(d) => Err(input_error(
             index,
             format!("negative {what} {d} in {values:?}"),
         )),
@@ -280,7 +267,7 @@ fn flatten(info: &NodeInfo) -> OpResult<Kernel> {
         let rank = dims.len() as i64;
         let a = if axis < 0 { axis + rank } else { axis };
         if !(0..=rank).contains(&a) {
-            return Err(attr_err(
+            return Err(attr_error(
                 "axis",
                 format!("{axis} is out of range for rank {rank}"),
             ));
@@ -298,19 +285,22 @@ fn reshape_target(dims: &[i64], target: &[i64], allowzero: bool) -> OpResult<Vec
     for (i, &d) in target.iter().enumerate() {
         out.push(match d {
             0 if !allowzero => *dims.get(i).ok_or_else(|| {
-                input_err(
+                input_error(
                     1,
                     format!("shape {target:?}: 0 at position {i} copies a dimension the input (shape {dims:?}) lacks"),
                 )
             })?,
             d if d < -1 => {
-                return Err(input_err(1, format!("shape {target:?}: invalid dimension {d}")))
+                return Err(input_error(1, format!("shape {target:?}: invalid dimension {d}")))
             }
             d => d,
         });
     }
     if out.iter().filter(|&&d| d == -1).count() > 1 {
-        return Err(input_err(1, format!("shape {target:?}: more than one -1")));
+        return Err(input_error(
+            1,
+            format!("shape {target:?}: more than one -1"),
+        ));
     }
     Ok(out)
 }
@@ -321,7 +311,7 @@ fn reshape(info: &NodeInfo) -> OpResult<Kernel> {
         Some(
             info.attrs
                 .ints_opt("shape")?
-                .ok_or_else(|| attr_err("shape", "required but missing"))?,
+                .ok_or_else(|| attr_error("shape", "required but missing"))?,
         )
     } else {
         None
@@ -362,8 +352,8 @@ impl AxesSource {
 
     fn error(&self, reason: String) -> OpError {
         match self {
-            AxesSource::Attribute(_) => attr_err("axes", reason),
-            AxesSource::Input(i) => input_err(*i, reason),
+            AxesSource::Attribute(_) => attr_error("axes", reason),
+            AxesSource::Input(i) => input_error(*i, reason),
         }
     }
 }
@@ -398,7 +388,7 @@ fn squeeze(info: &NodeInfo) -> OpResult<Kernel> {
 fn unsqueeze(info: &NodeInfo) -> OpResult<Kernel> {
     let source = AxesSource::of(info, 1)?;
     if let AxesSource::Attribute(None) = source {
-        return Err(attr_err("axes", "required but missing"));
+        return Err(attr_error("axes", "required but missing"));
     }
     Ok(Box::new(move |inputs| {
         let x = util::input(inputs, 0)?;
@@ -427,9 +417,9 @@ fn transpose(info: &NodeInfo) -> OpResult<Kernel> {
         let perm: Vec<i64> = match &perm {
             None => (0..rank as i64).rev().collect(),
             Some(p) => {
-                let resolved = resolve_axes(p, rank).map_err(|e| attr_err("perm", e))?;
+                let resolved = resolve_axes(p, rank).map_err(|e| attr_error("perm", e))?;
                 if resolved.len() != rank {
-                    return Err(attr_err(
+                    return Err(attr_error(
                         "perm",
                         format!("{p:?} does not permute the {rank} axes of the input"),
                     ));
@@ -455,7 +445,7 @@ fn concat(info: &NodeInfo) -> OpResult<Kernel> {
             .collect::<OpResult<_>>()?;
         let rank = tensors.first().map_or(0, |t| t.dim());
         let a = resolve_axis(axis, rank)
-            .ok_or_else(|| attr_err("axis", format!("{axis} is out of range for rank {rank}")))?;
+            .ok_or_else(|| attr_error("axis", format!("{axis} is out of range for rank {rank}")))?;
         Ok(vec![Tensor::f_cat(&tensors, a as i64)?])
     }))
 }
@@ -465,7 +455,7 @@ fn split(info: &NodeInfo) -> OpResult<Kernel> {
     let split_attr = match info.opset {
         ..=12 => info.attrs.ints_opt("split")?,
         _ if info.attrs.has("split") => {
-            return Err(attr_err(
+            return Err(attr_error(
                 "split",
                 format!(
                     "not an attribute of Split-{} (sizes are the second input)",
@@ -481,7 +471,7 @@ fn split(info: &NodeInfo) -> OpResult<Kernel> {
     if info.opset >= 18 {
         if let Some(n) = info.attrs.int_opt("num_outputs")? {
             if n != num_outputs as i64 {
-                return Err(attr_err(
+                return Err(attr_error(
                     "num_outputs",
                     format!("{n}, but the node has {num_outputs} outputs"),
                 ));
@@ -492,7 +482,7 @@ fn split(info: &NodeInfo) -> OpResult<Kernel> {
         let x = util::input(inputs, 0)?;
         let dims = x.size();
         let a = resolve_axis(axis, dims.len()).ok_or_else(|| {
-            attr_err("axis", format!("{axis} is out of range for shape {dims:?}"))
+            attr_error("axis", format!("{axis} is out of range for shape {dims:?}"))
         })?;
         let length = dims[a];
         let from_input = match split_input {
@@ -572,7 +562,7 @@ fn slice(info: &NodeInfo) -> OpResult<Kernel> {
             } else {
                 "starts"
             };
-            return Err(attr_err(missing, "required but missing"));
+            return Err(attr_error(missing, "required but missing"));
         };
         Some((starts, ends, info.attrs.ints_opt("axes")?))
     } else {
@@ -598,13 +588,13 @@ fn slice(info: &NodeInfo) -> OpResult<Kernel> {
             )));
         }
         let axes = resolve_axes(&axes, x.dim()).map_err(|e| match &attrs {
-            Some(_) => attr_err("axes", e),
-            None => input_err(3, e),
+            Some(_) => attr_error("axes", e),
+            None => input_error(3, e),
         })?;
         let mut y = x.shallow_clone();
         for i in 0..n {
             if steps[i] == 0 {
-                return Err(input_err(4, "a step is 0"));
+                return Err(input_error(4, "a step is 0"));
             }
             y = slice_axis(&y, axes[i], starts[i], ends[i], steps[i])?;
         }
@@ -619,7 +609,7 @@ fn resolve_indices(indices: &Tensor, len: i64) -> OpResult<Vec<i64>> {
     let mut values = util::ints(indices)?;
     for v in values.iter_mut() {
         if *v < -len || *v >= len {
-            return Err(input_err(
+            return Err(input_error(
                 1,
                 format!("index {v} is out of range for a dimension of length {len}"),
             ));
@@ -638,7 +628,7 @@ fn gather(info: &NodeInfo) -> OpResult<Kernel> {
         let indices = util::input(inputs, 1)?;
         let dims = x.size();
         let a = resolve_axis(axis, dims.len()).ok_or_else(|| {
-            attr_err("axis", format!("{axis} is out of range for shape {dims:?}"))
+            attr_error("axis", format!("{axis} is out of range for shape {dims:?}"))
         })?;
         let values = resolve_indices(indices, dims[a])?;
         let picked = x.f_index_select(a as i64, &index_tensor(&values, x.device())?)?;
@@ -659,10 +649,10 @@ fn gather_elements(info: &NodeInfo) -> OpResult<Kernel> {
         let indices = util::input(inputs, 1)?;
         let dims = x.size();
         let a = resolve_axis(axis, dims.len()).ok_or_else(|| {
-            attr_err("axis", format!("{axis} is out of range for shape {dims:?}"))
+            attr_error("axis", format!("{axis} is out of range for shape {dims:?}"))
         })?;
         if indices.dim() != dims.len() {
-            return Err(input_err(
+            return Err(input_error(
                 1,
                 format!(
                     "indices of rank {} for data of rank {}",
@@ -723,7 +713,7 @@ fn expand(_info: &NodeInfo) -> OpResult<Kernel> {
         check_dims(&target, 1, "dimension")?;
         let dims = x.size();
         let out = broadcast_shape(&dims, &target).ok_or_else(|| {
-            input_err(
+            input_error(
                 1,
                 format!("shape {target:?} does not broadcast with the input's {dims:?}"),
             )
@@ -738,7 +728,7 @@ fn tile(_info: &NodeInfo) -> OpResult<Kernel> {
         let repeats = util::ints(util::input(inputs, 1)?)?;
         check_dims(&repeats, 1, "repeat count")?;
         if repeats.len() != x.dim() {
-            return Err(input_err(
+            return Err(input_error(
                 1,
                 format!(
                     "{} repeat counts for an input of rank {}",
@@ -793,14 +783,14 @@ fn pad(info: &NodeInfo) -> OpResult<Kernel> {
         "reflect" => PadMode::Reflect,
         "edge" => PadMode::Edge,
         "wrap" => PadMode::Wrap,
-        other => return Err(attr_err("mode", format!("unknown mode `{other}`"))),
+        other => return Err(attr_error("mode", format!("unknown mode `{other}`"))),
     };
     let source = if info.opset < 11 {
         let name = if info.opset == 1 { "paddings" } else { "pads" };
         let pads = info
             .attrs
             .ints_opt(name)?
-            .ok_or_else(|| attr_err(name, "required but missing"))?;
+            .ok_or_else(|| attr_error(name, "required but missing"))?;
         let value = f64::from(info.attrs.float("value", 0.0)?);
         PadSource::Attributes { pads, value }
     } else {
@@ -819,11 +809,11 @@ fn pad(info: &NodeInfo) -> OpResult<Kernel> {
             ),
         };
         let axes = match axes {
-            Some(a) => resolve_axes(&a, rank).map_err(|e| input_err(3, e))?,
+            Some(a) => resolve_axes(&a, rank).map_err(|e| input_error(3, e))?,
             None => (0..rank).collect(),
         };
         if pads.len() != 2 * axes.len() {
-            return Err(input_err(
+            return Err(input_error(
                 1,
                 format!(
                     "{} pads for {} axes (needs 2 per axis)",
@@ -839,7 +829,7 @@ fn pad(info: &NodeInfo) -> OpResult<Kernel> {
         }
         for (a, &(b, e)) in per_axis.iter().enumerate() {
             if dims[a] + b + e < 0 {
-                return Err(input_err(
+                return Err(input_error(
                     1,
                     format!(
                         "pads ({b}, {e}) crop more than dimension {a} (length {})",
@@ -917,7 +907,7 @@ fn to_graph(t: Tensor, info: &NodeInfo) -> OpResult<Tensor> {
 fn constant(info: &NodeInfo) -> OpResult<Kernel> {
     for unsupported in ["sparse_value", "value_string", "value_strings"] {
         if info.attrs.has(unsupported) {
-            return Err(attr_err(unsupported, "not supported"));
+            return Err(attr_error(unsupported, "not supported"));
         }
     }
     let a = &info.attrs;
@@ -938,7 +928,7 @@ fn constant(info: &NodeInfo) -> OpResult<Kernel> {
         found.push(Tensor::f_from_slice(&v)?);
     }
     if found.len() != 1 {
-        return Err(attr_err(
+        return Err(attr_error(
             "value",
             format!(
                 "exactly one of value, value_float(s), value_int(s) must be set, found {}",
@@ -955,7 +945,7 @@ fn constant_of_shape(info: &NodeInfo) -> OpResult<Kernel> {
         Some(t) => {
             let v = tensor_from_proto(t)?;
             if v.numel() != 1 {
-                return Err(attr_err(
+                return Err(attr_error(
                     "value",
                     format!("expected one element, got shape {:?}", v.size()),
                 ));
@@ -979,7 +969,7 @@ fn range(_info: &NodeInfo) -> OpResult<Kernel> {
         let delta = util::input(inputs, 2)?;
         for (i, t) in [start, limit, delta].iter().enumerate() {
             if t.numel() != 1 {
-                return Err(input_err(
+                return Err(input_error(
                     i,
                     format!("expected a scalar, got shape {:?}", t.size()),
                 ));
@@ -992,7 +982,7 @@ fn range(_info: &NodeInfo) -> OpResult<Kernel> {
                 util::scalar(delta)?,
             );
             if d == 0.0 || !d.is_finite() {
-                return Err(input_err(2, format!("delta is {d}")));
+                return Err(input_error(2, format!("delta is {d}")));
             }
             ((l - s) / d).ceil().max(0.0) as i64
         } else {
@@ -1002,7 +992,7 @@ fn range(_info: &NodeInfo) -> OpResult<Kernel> {
                 util::ints(delta)?[0],
             );
             if d == 0 {
-                return Err(input_err(2, "delta is 0"));
+                return Err(input_error(2, "delta is 0"));
             }
             let span = i128::from(l) - i128::from(s);
             let d = i128::from(d);
@@ -1246,14 +1236,19 @@ fn resize(info: &NodeInfo) -> OpResult<Kernel> {
                 "round_prefer_ceil" => NearestMode::RoundPreferCeil,
                 "floor" => NearestMode::Floor,
                 "ceil" => NearestMode::Ceil,
-                other => return Err(attr_err("nearest_mode", format!("unknown mode `{other}`"))),
+                other => {
+                    return Err(attr_error(
+                        "nearest_mode",
+                        format!("unknown mode `{other}`"),
+                    ))
+                }
             },
         ),
         "linear" => Interpolation::Linear,
         "cubic" if !legacy => Interpolation::Cubic {
             a: f64::from(a.float("cubic_coeff_a", -0.75)?),
         },
-        other => return Err(attr_err("mode", format!("unknown mode `{other}`"))),
+        other => return Err(attr_error("mode", format!("unknown mode `{other}`"))),
     };
     let coord = match legacy {
         true => CoordMode::Asymmetric,
@@ -1269,7 +1264,7 @@ fn resize(info: &NodeInfo) -> OpResult<Kernel> {
             "tf_half_pixel_for_nn" => CoordMode::TfHalfPixelForNn,
             "tf_crop_and_resize" => CoordMode::TfCropAndResize,
             other => {
-                return Err(attr_err(
+                return Err(attr_error(
                     "coordinate_transformation_mode",
                     format!("unknown mode `{other}`"),
                 ))
@@ -1278,14 +1273,14 @@ fn resize(info: &NodeInfo) -> OpResult<Kernel> {
     };
     let antialias = a.int("antialias", 0)? != 0;
     if antialias && matches!(interpolation, Interpolation::Nearest(_)) {
-        return Err(attr_err("antialias", "not defined for mode nearest"));
+        return Err(attr_error("antialias", "not defined for mode nearest"));
     }
     let policy = match a.string("keep_aspect_ratio_policy", "stretch")?.as_str() {
         "stretch" => AspectPolicy::Stretch,
         "not_larger" => AspectPolicy::NotLarger,
         "not_smaller" => AspectPolicy::NotSmaller,
         other => {
-            return Err(attr_err(
+            return Err(attr_error(
                 "keep_aspect_ratio_policy",
                 format!("unknown policy `{other}`"),
             ))
@@ -1314,13 +1309,13 @@ fn upsample(info: &NodeInfo) -> OpResult<Kernel> {
     let interpolation = match info.attrs.string("mode", "nearest")?.as_str() {
         "nearest" => Interpolation::Nearest(NearestMode::Legacy),
         "linear" | "bilinear" => Interpolation::Linear,
-        other => return Err(attr_err("mode", format!("unknown mode `{other}`"))),
+        other => return Err(attr_error("mode", format!("unknown mode `{other}`"))),
     };
     let inputs = if info.opset < 9 {
         let scales = info
             .attrs
             .floats_opt("scales")?
-            .ok_or_else(|| attr_err("scales", "required but missing"))?;
+            .ok_or_else(|| attr_error("scales", "required but missing"))?;
         ResizeInputs::ScalesAttribute(scales.into_iter().map(f64::from).collect())
     } else {
         ResizeInputs::Scales
@@ -1353,7 +1348,7 @@ fn run_resize(config: &ResizeConfig, inputs: &[Option<&Tensor>]) -> OpResult<Ten
     let dims = x.size();
     let rank = dims.len();
     let axes = match &config.axes {
-        Some(a) => resolve_axes(a, rank).map_err(|e| attr_err("axes", e))?,
+        Some(a) => resolve_axes(a, rank).map_err(|e| attr_error("axes", e))?,
         None => (0..rank).collect(),
     };
     let (scales_index, scales, sizes, roi) = match &config.inputs {
@@ -1373,8 +1368,8 @@ fn run_resize(config: &ResizeConfig, inputs: &[Option<&Tensor>]) -> OpResult<Ten
         }
     };
     let scale_err = |reason: String| match scales_index {
-        Some(i) => input_err(i, reason),
-        None => attr_err("scales", reason),
+        Some(i) => input_error(i, reason),
+        None => attr_error("scales", reason),
     };
     // Output length and scale of every axis.
     let mut out_dims = dims.clone();
@@ -1408,7 +1403,7 @@ fn run_resize(config: &ResizeConfig, inputs: &[Option<&Tensor>]) -> OpResult<Ten
         }
         (None, Some(sizes)) => {
             if sizes.len() != axes.len() {
-                return Err(input_err(
+                return Err(input_error(
                     3,
                     format!("{} sizes for {} axes", sizes.len(), axes.len()),
                 ));
@@ -1446,9 +1441,9 @@ fn run_resize(config: &ResizeConfig, inputs: &[Option<&Tensor>]) -> OpResult<Ten
     // Region of interest per axis (tf_crop_and_resize only).
     let mut rois = vec![(0.0, 1.0); rank];
     if config.coord == CoordMode::TfCropAndResize {
-        let roi = roi.ok_or_else(|| input_err(1, "tf_crop_and_resize needs a roi"))?;
+        let roi = roi.ok_or_else(|| input_error(1, "tf_crop_and_resize needs a roi"))?;
         if roi.len() != 2 * axes.len() {
-            return Err(input_err(
+            return Err(input_error(
                 1,
                 format!("{} roi values for {} axes", roi.len(), axes.len()),
             ));
@@ -1539,14 +1534,14 @@ fn run_resize(config: &ResizeConfig, inputs: &[Option<&Tensor>]) -> OpResult<Ten
 fn blocksize(info: &NodeInfo) -> OpResult<i64> {
     let b = info.attrs.int_req("blocksize")?;
     if b < 1 {
-        return Err(attr_err("blocksize", format!("{b} is not positive")));
+        return Err(attr_error("blocksize", format!("{b} is not positive")));
     }
     Ok(b)
 }
 
 fn nchw(x: &Tensor, op: &str) -> OpResult<[i64; 4]> {
     <[i64; 4]>::try_from(x.size())
-        .map_err(|s| input_err(0, format!("{op} needs a rank-4 input, got shape {s:?}")))
+        .map_err(|s| input_error(0, format!("{op} needs a rank-4 input, got shape {s:?}")))
 }
 
 fn depth_to_space(info: &NodeInfo) -> OpResult<Kernel> {
@@ -1556,14 +1551,14 @@ fn depth_to_space(info: &NodeInfo) -> OpResult<Kernel> {
         _ => match info.attrs.string("mode", "DCR")?.as_str() {
             "DCR" => false,
             "CRD" => true,
-            other => return Err(attr_err("mode", format!("unknown mode `{other}`"))),
+            other => return Err(attr_error("mode", format!("unknown mode `{other}`"))),
         },
     };
     Ok(Box::new(move |inputs| {
         let x = util::input(inputs, 0)?;
         let [n, c, h, w] = nchw(x, "DepthToSpace")?;
         if c % (b * b) != 0 {
-            return Err(input_err(
+            return Err(input_error(
                 0,
                 format!("{c} channels are not a multiple of blocksize² = {}", b * b),
             ));
@@ -1587,7 +1582,7 @@ fn space_to_depth(info: &NodeInfo) -> OpResult<Kernel> {
         let x = util::input(inputs, 0)?;
         let [n, c, h, w] = nchw(x, "SpaceToDepth")?;
         if h % b != 0 || w % b != 0 {
-            return Err(input_err(
+            return Err(input_error(
                 0,
                 format!("spatial size {h}x{w} is not a multiple of blocksize {b}"),
             ));
