@@ -19,6 +19,8 @@ pub enum ExportError {
     Onnx(#[from] OnnxError),
     #[error("parity check of the written file failed, nothing was written: {0}")]
     Parity(String),
+    #[error("{0}")]
+    TorchScript(#[from] crate::torchscript::TorchScriptError),
 }
 
 /// A copy of `model` with every parameter's current value written into its
@@ -41,16 +43,28 @@ pub fn with_parameters(model: &Model, params: &Parameters) -> Result<Model, Expo
     Ok(out)
 }
 
-/// Writes `model` to `output` only if `check` accepts the written file: the
-/// file (and its external data) is first written into a temporary folder
-/// beside `output`, checked there, then moved into place. On any failure
-/// nothing is left at `output`. Never writes onto the input model.
+/// Writes `model` to `output` only if `check` accepts the written file (see
+/// [`write_checked_with`]).
 pub fn write_checked<T>(
     model: &Model,
     output: &Path,
     check: impl FnOnce(&Path) -> Result<T, String>,
 ) -> Result<T, ExportError> {
-    crate::onnx::refuse_input_path(&model.path, output)?;
+    write_checked_with(&model.path, output, |p| Ok(model.save(p)?), check)
+}
+
+/// Writes a model with `save` to `output` only if `check` accepts the written
+/// file: `save` writes into a temporary folder beside `output` (with any
+/// companion files, such as external data, next to it), `check` runs there,
+/// then the companions and finally the model are moved into place. On any
+/// failure nothing is left at `output`. Never writes onto `input`.
+pub fn write_checked_with<T>(
+    input: &Path,
+    output: &Path,
+    save: impl FnOnce(&Path) -> Result<(), ExportError>,
+    check: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, ExportError> {
+    crate::onnx::refuse_input_path(input, output)?;
     let dir = match output.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -67,12 +81,15 @@ pub fn write_checked<T>(
     })?;
     let staged = staging.join(name);
     let result = (|| {
-        model.save(&staged)?;
+        save(&staged)?;
         let value = check(&staged).map_err(ExportError::Parity)?;
-        // External data first, so the model never points at a missing file.
-        let data_name = format!("{}.data", name.to_string_lossy());
-        if staging.join(&data_name).exists() {
-            std::fs::rename(staging.join(&data_name), dir.join(&data_name)).map_err(io)?;
+        // Companion files first, so the model never points at a missing file.
+        for entry in std::fs::read_dir(&staging).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_name() != name {
+                crate::onnx::refuse_input_path(input, &dir.join(entry.file_name()))?;
+                std::fs::rename(entry.path(), dir.join(entry.file_name())).map_err(io)?;
+            }
         }
         std::fs::rename(&staged, output).map_err(io)?;
         Ok(value)

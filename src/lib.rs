@@ -10,3 +10,4 @@ pub mod graph;
 pub mod ibau;
 pub mod onnx;
 pub mod parity;
+pub mod torchscript;

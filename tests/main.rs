@@ -6,3 +6,4 @@ mod conformance;
 mod gradient_parity;
 mod roundtrip;
 mod sanitize;
+mod torchscript;

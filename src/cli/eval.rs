@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 
-use super::pipeline::{self, InputMap, Preprocess, TestSet};
+use super::pipeline::{self, InputMap, LoadedModel, Preprocess, TestSet};
 use super::Outcome;
 use crate::graph::ImportOptions;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ONNX model file.
+    /// The model: an ONNX file or a TorchScript file (`torch.jit.save`).
     #[arg(value_parser = super::existing_file)]
     pub model: PathBuf,
     /// Labelled images: IDX (`*-images-idx3-ubyte[.gz]`), .npz, or a folder
@@ -47,15 +47,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         device: args.device,
         ..Default::default()
     };
-    let (_, model) = pipeline::load_classifier(&args.model, &options)?;
+    let model = LoadedModel::load(&args.model, &options)?;
     let data = pipeline::load_data(&args.data, args.range.as_deref())?;
-    let map = InputMap::new(&model.graph, &args.preprocess);
+    let map = InputMap::new(&model, &args.preprocess, &data)?;
     let test = TestSet {
         data,
         trigger: trigger.zip(args.target),
         batch_size: 500,
     };
-    let metrics = pipeline::evaluate(&model, &map, &test)?;
+    let metrics = pipeline::evaluate(model.classifier(), &map, &test)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
     } else {

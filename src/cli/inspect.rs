@@ -15,7 +15,7 @@ use crate::onnx::{DataType, Model};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ONNX model file.
+    /// The model: an ONNX file or a TorchScript file (`torch.jit.save`).
     #[arg(value_parser = super::existing_file)]
     pub model: PathBuf,
     /// Print the summary as JSON (schema in README.md) instead of text.
@@ -297,7 +297,76 @@ fn print_text(s: &Summary) {
     }
 }
 
+/// The `inspect --json` document of a TorchScript file (schema 1).
+#[derive(Debug, Serialize)]
+pub struct TorchScriptSummary {
+    pub schema: u32,
+    pub file: String,
+    /// Always `torchscript` (ONNX summaries have no `format` field).
+    pub format: &'static str,
+    pub parameters: Vec<crate::torchscript::ParamInfo>,
+    pub trainable: super::pipeline::TrainableShare,
+}
+
+fn inspect_torchscript(args: &Args) -> anyhow::Result<Outcome> {
+    let options = ImportOptions {
+        device: tch::Device::Cpu,
+        freeze: args.freeze.clone(),
+        train: args.train.clone(),
+        ..Default::default()
+    };
+    let loaded = super::pipeline::LoadedModel::load(&args.model, &options)?;
+    let trainable = loaded.trainable();
+    let super::pipeline::LoadedModel::TorchScript(ts) = loaded else {
+        unreachable!("detected as TorchScript");
+    };
+    let summary = TorchScriptSummary {
+        schema: 1,
+        file: args.model.display().to_string(),
+        format: "torchscript",
+        parameters: ts.infos.clone(),
+        trainable,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(Outcome::Success);
+    }
+    println!("{}", summary.file);
+    println!("  format        TorchScript (torch.jit.save archive)");
+    let elements: i64 = summary.parameters.iter().map(|p| p.elements).sum();
+    println!(
+        "  parameters    {} tensors, {} elements",
+        summary.parameters.len(),
+        elements
+    );
+    println!(
+        "  trainable     {} tensors, {} elements, {:.1}% of the float weights",
+        trainable.tensors,
+        trainable.elements,
+        100.0 * trainable.share
+    );
+    for p in &summary.parameters {
+        println!(
+            "    {:<40} {:>10} {} {:?}{}",
+            p.name,
+            p.elements,
+            p.dtype,
+            p.shape,
+            p.reason
+                .as_deref()
+                .map(|r| format!(" (frozen: {r})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(Outcome::Success)
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let kind = crate::torchscript::detect(&args.model)?;
+    crate::torchscript::refuse_pickles(&args.model, kind)?;
+    if kind == crate::torchscript::FileKind::TorchScript {
+        return inspect_torchscript(&args);
+    }
     let model = Model::load(&args.model)?;
     let options = ImportOptions {
         freeze: args.freeze,

@@ -10,6 +10,7 @@ use crate::data::{self, Dataset, Layout, Trigger};
 use crate::graph::{ops::Registry, Graph, ImportOptions};
 use crate::ibau::{Classifier, TrainError};
 use crate::onnx::Model;
+use crate::torchscript::{self, FileKind, TorchScript};
 
 /// Data options shared by the commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +85,117 @@ pub fn load_data(path: &Path, range: Option<&str>) -> anyhow::Result<Dataset> {
     }
 }
 
+/// A model file loaded for computing: an imported ONNX graph or a
+/// TorchScript module (the two back ends of [`Classifier`]).
+pub enum LoadedModel {
+    Onnx {
+        file: Box<Model>,
+        model: Box<GraphClassifier>,
+    },
+    TorchScript(TorchScript),
+}
+
+/// The trainable weights of a model: how many tensors and elements, and
+/// their share of the float weight elements.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TrainableShare {
+    pub tensors: usize,
+    pub elements: i64,
+    pub share: f64,
+}
+
+impl LoadedModel {
+    /// Loads `path` (ONNX or TorchScript, told apart by content) for
+    /// `options.device`; PyTorch pickles are refused.
+    pub fn load(path: &Path, options: &ImportOptions) -> anyhow::Result<LoadedModel> {
+        match torchscript::detect(path)? {
+            FileKind::TorchScript => Ok(LoadedModel::TorchScript(TorchScript::load(
+                path,
+                options.device,
+                options.freeze.as_ref(),
+                options.train.as_ref(),
+            )?)),
+            FileKind::Onnx => {
+                let (file, model) = load_classifier(path, options)?;
+                Ok(LoadedModel::Onnx {
+                    file: Box::new(file),
+                    model: Box::new(model),
+                })
+            }
+            other => Err(torchscript::refuse_pickles(path, other).unwrap_err().into()),
+        }
+    }
+
+    pub fn classifier(&self) -> &dyn Classifier {
+        match self {
+            LoadedModel::Onnx { model, .. } => model.as_ref(),
+            LoadedModel::TorchScript(ts) => ts,
+        }
+    }
+
+    /// The input shape the file declares (`None` = symbolic); TorchScript
+    /// files declare none.
+    pub fn declared_input(&self) -> Option<Vec<Option<i64>>> {
+        match self {
+            LoadedModel::Onnx { model, .. } => Some(
+                model.graph.inputs[0]
+                    .shape
+                    .as_ref()
+                    .map(|dims| {
+                        dims.iter()
+                            .map(|d| match d {
+                                crate::graph::Dim::Fixed(n) if *n > 0 => Some(*n),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            LoadedModel::TorchScript(_) => None,
+        }
+    }
+
+    pub fn trainable(&self) -> TrainableShare {
+        match self {
+            LoadedModel::Onnx { model, .. } => {
+                let t = crate::cli::inspect::trainable_summary(&model.graph.roles);
+                TrainableShare {
+                    tensors: t.tensors,
+                    elements: t.elements,
+                    share: t.share,
+                }
+            }
+            LoadedModel::TorchScript(ts) => {
+                let weights: i64 = ts
+                    .infos
+                    .iter()
+                    .filter(|p| p.trainable || p.reason.as_deref() == Some("frozen by --freeze"))
+                    .map(|p| p.elements)
+                    .sum();
+                let elements: i64 = ts
+                    .infos
+                    .iter()
+                    .filter(|p| p.trainable)
+                    .map(|p| p.elements)
+                    .sum();
+                TrainableShare {
+                    tensors: ts.params.len(),
+                    elements,
+                    share: if weights == 0 {
+                        1.0
+                    } else {
+                        elements as f64 / weights as f64
+                    },
+                }
+            }
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.classifier().device()
+    }
+}
+
 /// Images in [0,1] `[N,C,H,W]` -> the model's input space: normalised, laid
 /// out as the model declares, on the model's device.
 pub struct InputMap {
@@ -95,26 +207,21 @@ pub struct InputMap {
 }
 
 impl InputMap {
-    pub fn new(graph: &Graph, pre: &Preprocess) -> InputMap {
-        let model_shape = graph.inputs[0]
-            .shape
-            .as_ref()
-            .map(|dims| {
-                dims.iter()
-                    .map(|d| match d {
-                        crate::graph::Dim::Fixed(n) if *n > 0 => Some(*n),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        InputMap {
+    /// The map for `model` and images of `data`'s `[C, H, W]`. A model that
+    /// declares no input shape (TorchScript) is probed: each layout is run
+    /// on one zero image, and the layouts that give `[1, K]` outputs fit.
+    pub fn new(model: &LoadedModel, pre: &Preprocess, data: &Dataset) -> anyhow::Result<InputMap> {
+        let model_shape = match model.declared_input() {
+            Some(shape) => shape,
+            None => probe_input(model.classifier(), &data.images.size(), pre.layout)?,
+        };
+        Ok(InputMap {
             model_shape,
             layout: pre.layout,
             mean: pre.mean.clone(),
             std: pre.std.clone(),
-            device: graph.device,
-        }
+            device: model.device(),
+        })
     }
 
     pub fn apply(&self, images: &Tensor) -> anyhow::Result<Tensor> {
@@ -125,6 +232,57 @@ impl InputMap {
         };
         let (mapped, _) = data::fit_to_input(&normalised, &self.model_shape, self.layout)?;
         Ok(mapped.f_to_device(self.device)?)
+    }
+}
+
+/// The input shape (batch symbolic) of a model without a declared one: the
+/// layouts of `[N, C, H, W]` images under which it runs and returns `[1, K]`.
+fn probe_input(
+    model: &dyn Classifier,
+    images: &[i64],
+    forced: Option<Layout>,
+) -> anyhow::Result<Vec<Option<i64>>> {
+    let [_, c, h, w] = images else {
+        anyhow::bail!("expected [N, C, H, W] images, got {images:?}");
+    };
+    let candidates = match forced {
+        Some(l) => vec![l],
+        None => Layout::ALL.to_vec(),
+    };
+    let mut fitting = Vec::new();
+    for layout in candidates {
+        let sample = layout.sample_shape([*c, *h, *w]);
+        let shape: Vec<i64> = std::iter::once(1).chain(sample.iter().copied()).collect();
+        let x = Tensor::f_zeros(shape.as_slice(), (model.float_kind(), model.device()))?;
+        let runs = tch::no_grad(|| model.logits(&x))
+            .map(|y| y.dim() == 2 && y.size()[0] == 1)
+            .unwrap_or(false);
+        if runs {
+            fitting.push((layout, sample));
+        }
+    }
+    match fitting.len() {
+        1 => {
+            let (_, sample) = fitting.remove(0);
+            Ok(std::iter::once(None).chain(sample.into_iter().map(Some)).collect())
+        }
+        0 => match forced {
+            Some(l) => anyhow::bail!(
+                "the model does not run on [1, {c}, {h}, {w}] images laid out as {l} (--layout)"
+            ),
+            None => anyhow::bail!(
+                "the model runs on none of the layouts nchw, nhwc, flat of [N, {c}, {h}, {w}] images \
+                 (it should return [N, classes] logits)"
+            ),
+        },
+        _ => anyhow::bail!(
+            "the model runs on several layouts of [N, {c}, {h}, {w}] images ({}): choose one with --layout",
+            fitting
+                .iter()
+                .map(|(l, _)| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

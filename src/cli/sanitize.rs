@@ -10,15 +10,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch::Tensor;
 
-use super::pipeline::{self, GraphClassifier, InputMap, Metrics, Preprocess, TestSet};
+use super::pipeline::{self, GraphClassifier, InputMap, LoadedModel, Metrics, Preprocess, TestSet};
 use super::Outcome;
 use crate::graph::ImportOptions;
-use crate::ibau::{self, Batch, Classifier, Config, OptimizerKind};
+use crate::ibau::{self, Batch, Config, OptimizerKind};
 use crate::parity::{self, OrtSession};
+use crate::torchscript::TorchScript;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The (possibly poisoned) ONNX model. Never modified.
+    /// The (possibly poisoned) model: ONNX, or TorchScript (`torch.jit.save`).
+    /// Never modified.
     #[arg(value_parser = super::existing_file)]
     pub model: PathBuf,
     /// Clean labelled images the defender holds (IDX, .npz or a folder of
@@ -28,7 +30,8 @@ pub struct Args {
     /// Samples of `--clean` to use, `A:B`.
     #[arg(long, value_name = "A:B")]
     pub clean_range: Option<String>,
-    /// Where to write the cleaned model (never the input path).
+    /// Where to write the cleaned model, in the input's format (never the
+    /// input path).
     #[arg(short, long)]
     pub output: PathBuf,
     /// I-BAU rounds.
@@ -80,8 +83,9 @@ pub struct Args {
     /// The attack's target label.
     #[arg(long, requires = "trigger")]
     pub target: Option<i64>,
-    /// Tolerance of the ONNX Runtime parity check of the written file (max
-    /// absolute difference, relative to the output's scale when above 1).
+    /// Tolerance of the parity check of the written file (ONNX Runtime for
+    /// ONNX, a libtorch reload for TorchScript): max absolute difference,
+    /// relative to the output's scale when above 1.
     #[arg(long, default_value_t = 1e-4)]
     pub parity_tolerance: f64,
     /// Write a JSON report (schema in README.md).
@@ -126,6 +130,8 @@ pub struct Round {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Parity {
+    /// What ran the written file: `onnxruntime` or `libtorch`.
+    pub runtime: &'static str,
     pub passed: bool,
     pub max_abs_diff: f64,
     pub tolerance: f64,
@@ -136,42 +142,76 @@ fn percent(x: Option<f64>) -> String {
         .unwrap_or_else(|| format!("{:>8}", "-"))
 }
 
-/// Runs the written file with ONNX Runtime on the clean set and compares it
-/// with the trained module.
-fn parity_check(
+/// Worst difference over `inputs` of `ours` and `theirs`, and whether every
+/// output stayed within `tolerance` (relative to its scale above 1).
+fn compare_runs(
+    runtime: &'static str,
     path: &std::path::Path,
-    model: &GraphClassifier,
     inputs: &[Tensor],
     tolerance: f64,
+    mut run: impl FnMut(&Tensor) -> Result<(Vec<Tensor>, Vec<Tensor>), String>,
 ) -> Result<Parity, String> {
-    let mut session = OrtSession::open(path).map_err(|e| e.to_string())?;
     let mut worst = 0.0f64;
     let mut passed = true;
     for x in inputs {
-        let ours = tch::no_grad(|| model.graph.forward(std::slice::from_ref(x)))
-            .map_err(|e| e.to_string())?;
-        let theirs = session
-            .run(std::slice::from_ref(x))
-            .map_err(|e| e.to_string())?;
+        let (ours, theirs) = run(x)?;
         for (a, b) in ours.iter().zip(&theirs) {
             let diff = parity::max_abs_diff(a, b);
             worst = worst.max(diff);
             passed &= diff <= tolerance * parity::max_abs(b).max(1.0);
         }
     }
-    let parity = Parity {
-        passed,
-        max_abs_diff: worst,
-        tolerance,
-    };
     if passed {
-        Ok(parity)
+        Ok(Parity {
+            runtime,
+            passed,
+            max_abs_diff: worst,
+            tolerance,
+        })
     } else {
         Err(format!(
-            "ONNX Runtime on `{}` differs from the trained module by {worst:.3e} (tolerance {tolerance:e})",
+            "{runtime} on `{}` differs from the trained module by {worst:.3e} (tolerance {tolerance:e})",
             path.display()
         ))
     }
+}
+
+/// Runs the written ONNX file with ONNX Runtime on the clean set and compares
+/// it with the trained module.
+fn onnx_parity(
+    path: &std::path::Path,
+    model: &GraphClassifier,
+    inputs: &[Tensor],
+    tolerance: f64,
+) -> Result<Parity, String> {
+    let mut session = OrtSession::open(path).map_err(|e| e.to_string())?;
+    compare_runs("onnxruntime", path, inputs, tolerance, |x| {
+        let ours = tch::no_grad(|| model.graph.forward(std::slice::from_ref(x)))
+            .map_err(|e| e.to_string())?;
+        let theirs = session
+            .run(std::slice::from_ref(x))
+            .map_err(|e| e.to_string())?;
+        Ok((ours, theirs))
+    })
+}
+
+/// Reloads the written TorchScript file with libtorch and compares it with
+/// the trained module on the clean set.
+fn torchscript_parity(
+    path: &std::path::Path,
+    model: &TorchScript,
+    inputs: &[Tensor],
+    tolerance: f64,
+) -> Result<Parity, String> {
+    let device = crate::ibau::Classifier::device(model);
+    let reloaded = TorchScript::load(path, device, None, None).map_err(|e| e.to_string())?;
+    compare_runs("libtorch", path, inputs, tolerance, |x| {
+        tch::no_grad(|| {
+            let ours = model.forward(x).map_err(|e| e.to_string())?;
+            let theirs = reloaded.forward(x).map_err(|e| e.to_string())?;
+            Ok((vec![ours], vec![theirs]))
+        })
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -191,21 +231,22 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         train: args.train.clone(),
         ..Default::default()
     };
-    let (model_file, model) = pipeline::load_classifier(&args.model, &options)?;
-    if model.graph.params.is_empty() {
+    let loaded = LoadedModel::load(&args.model, &options)?;
+    let model = loaded.classifier();
+    if model.parameters().is_empty() {
         anyhow::bail!(
             "`{}` has no trainable weights: nothing to sanitize",
             args.model.display()
         );
     }
-    let map = InputMap::new(&model.graph, &args.preprocess);
     let clean = pipeline::load_data(&args.clean, args.clean_range.as_deref()).context("--clean")?;
+    let map = InputMap::new(&loaded, &args.preprocess, &clean).context("--clean")?;
     let batches: Vec<Batch> = clean
         .batches(args.batch_size as usize)
         .map(|(images, labels)| {
             Ok(Batch {
                 images: map.apply(&images)?,
-                labels: labels.f_to_device(model.graph.device)?,
+                labels: labels.f_to_device(model.device())?,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -229,11 +270,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         seed: args.seed,
         ..Config::default()
     };
-    let roles = crate::cli::inspect::trainable_summary(&model.graph.roles);
+    let roles = loaded.trainable();
     eprintln!(
         "sanitizing {} on {:?}: {} clean samples in {} batches, {} trainable tensors ({} elements, {:.1}% of the float weights)",
         args.model.display(),
-        model.graph.device,
+        model.device(),
         clean.len(),
         batches.len(),
         roles.tensors,
@@ -243,7 +284,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 
     let before = test
         .as_ref()
-        .map(|t| pipeline::evaluate(&model, &map, t))
+        .map(|t| pipeline::evaluate(model, &map, t))
         .transpose()?;
     let progress = ProgressBar::new((config.rounds * batches.len()) as u64);
     progress.set_style(
@@ -256,7 +297,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut rounds = Vec::new();
     let mut eval_error = None;
     ibau::unlearn(
-        &model,
+        model,
         &batches,
         &config,
         &mut |round, _| {
@@ -266,7 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         &mut |stats| {
             let metrics = match test
                 .as_ref()
-                .map(|t| pipeline::evaluate(&model, &map, t))
+                .map(|t| pipeline::evaluate(model, &map, t))
                 .transpose()
             {
                 Ok(m) => m,
@@ -315,12 +356,23 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         })
         .or(before.filter(|_| config.rounds == 0));
 
-    // Write back, gated by ONNX Runtime on the clean set.
-    let trained = crate::export::with_parameters(&model_file, &model.graph.params)?;
+    // Write back, gated by a second runtime on the clean set.
     let parity_inputs: Vec<Tensor> = batches.iter().map(|b| b.images.shallow_clone()).collect();
-    let parity = crate::export::write_checked(&trained, &args.output, |path| {
-        parity_check(path, &model, &parity_inputs, args.parity_tolerance)
-    })?;
+    let tolerance = args.parity_tolerance;
+    let parity = match &loaded {
+        LoadedModel::Onnx { file, model } => {
+            let trained = crate::export::with_parameters(file, &model.graph.params)?;
+            crate::export::write_checked(&trained, &args.output, |path| {
+                onnx_parity(path, model, &parity_inputs, tolerance)
+            })?
+        }
+        LoadedModel::TorchScript(ts) => crate::export::write_checked_with(
+            &args.model,
+            &args.output,
+            |path| Ok(ts.save_trained(path)?),
+            |path| torchscript_parity(path, ts, &parity_inputs, tolerance),
+        )?,
+    };
 
     eprintln!();
     eprintln!("          {:>8} {:>8}", "ACC", "ASR");
@@ -330,8 +382,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
     }
     eprintln!(
-        "wrote {} (ONNX Runtime parity: max abs diff {:.2e})",
+        "wrote {} ({} parity: max abs diff {:.2e})",
         args.output.display(),
+        parity.runtime,
         parity.max_abs_diff
     );
 

@@ -11,12 +11,20 @@ use super::Outcome;
 use crate::graph::{ops::Registry, Graph, ImportOptions};
 use crate::onnx::Model;
 use crate::parity::{self, OrtSession};
+use crate::torchscript::{self, FileKind, TorchScript};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ONNX model file.
+    /// The ONNX model file, or a TorchScript file together with `--onnx`.
     #[arg(value_parser = super::existing_file)]
     pub model: PathBuf,
+    /// Compare the TorchScript MODEL with this ONNX file (e.g. its export):
+    /// both run on the same inputs, in the ONNX file's input shape.
+    #[arg(long, value_name = "FILE.onnx", value_parser = super::existing_file, conflicts_with = "torchscript")]
+    pub onnx: Option<PathBuf>,
+    /// Compare the ONNX MODEL with this TorchScript file.
+    #[arg(long, value_name = "FILE.pt", value_parser = super::existing_file)]
+    pub torchscript: Option<PathBuf>,
     /// Number of samples in the batch.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
     pub batch: i64,
@@ -38,6 +46,9 @@ pub struct Args {
 /// The `verify --json` document.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// What the runtimes are compared with: `tch import` of the ONNX file,
+    /// or `torchscript FILE` when a TorchScript file is compared.
+    pub reference: String,
     pub passed: bool,
     pub tolerance: f64,
     pub batch: i64,
@@ -104,6 +115,28 @@ pub fn compare(
     tract: bool,
 ) -> anyhow::Result<Report> {
     let ours = tch::no_grad(|| graph.forward(inputs)).context("running the tch import")?;
+    compare_with(
+        model,
+        graph,
+        "tch import".into(),
+        ours,
+        inputs,
+        tolerance,
+        tract,
+    )
+}
+
+/// Compares `ours` (outputs of `graph`'s file on `inputs` by some other
+/// means) with ONNX Runtime (and tract) on the file.
+fn compare_with(
+    model: &Model,
+    graph: &Graph,
+    reference: String,
+    ours: Vec<Tensor>,
+    inputs: &[Tensor],
+    tolerance: f64,
+    tract: bool,
+) -> anyhow::Result<Report> {
     let mut session = OrtSession::open(&model.path)?;
     let theirs = session.run(inputs)?;
     let mut skipped = Vec::new();
@@ -122,7 +155,7 @@ pub fn compare(
         None
     };
     let mut outputs = Vec::new();
-    for (i, info) in graph.outputs.iter().enumerate() {
+    for (i, info) in graph.outputs.iter().enumerate().take(ours.len()) {
         let reference = &theirs[i];
         let scale = parity::max_abs(reference);
         let limit = tolerance * scale.max(1.0);
@@ -138,6 +171,7 @@ pub fn compare(
         });
     }
     Ok(Report {
+        reference,
         passed: outputs.iter().all(|o| o.passed),
         tolerance,
         batch: inputs.first().map(|t| t.size()[0]).unwrap_or(0),
@@ -146,20 +180,96 @@ pub fn compare(
     })
 }
 
+/// Which file is ONNX and which TorchScript, from the arguments and the
+/// files' contents.
+fn pair(args: &Args) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let kind = torchscript::detect(&args.model)?;
+    torchscript::refuse_pickles(&args.model, kind)?;
+    let expect = |path: &PathBuf, want: FileKind, option: &str| -> anyhow::Result<()> {
+        let got = torchscript::detect(path)?;
+        torchscript::refuse_pickles(path, got)?;
+        if got != want {
+            anyhow::bail!(
+                "{option} `{}` is {}, not {}",
+                path.display(),
+                if got == FileKind::TorchScript {
+                    "a TorchScript file"
+                } else {
+                    "not a TorchScript file"
+                },
+                if want == FileKind::TorchScript {
+                    "a TorchScript file"
+                } else {
+                    "an ONNX file"
+                }
+            );
+        }
+        Ok(())
+    };
+    match (kind, &args.onnx, &args.torchscript) {
+        (FileKind::TorchScript, Some(onnx), None) => {
+            expect(onnx, FileKind::Onnx, "--onnx")?;
+            Ok((onnx.clone(), Some(args.model.clone())))
+        }
+        (FileKind::TorchScript, None, _) => anyhow::bail!(
+            "`{}` is a TorchScript file: verify compares it with an ONNX file, pass --onnx FILE.onnx",
+            args.model.display()
+        ),
+        (FileKind::TorchScript, Some(_), Some(_)) => unreachable!("clap: --onnx conflicts with --torchscript"),
+        (_, Some(_), _) => anyhow::bail!(
+            "--onnx is for a TorchScript MODEL; `{}` is ONNX: use --torchscript FILE.pt to compare it with one",
+            args.model.display()
+        ),
+        (_, None, Some(ts)) => {
+            expect(ts, FileKind::TorchScript, "--torchscript")?;
+            Ok((args.model.clone(), Some(ts.clone())))
+        }
+        (_, None, None) => Ok((args.model.clone(), None)),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let model = Model::load(&args.model)?;
+    let (onnx_path, ts_path) = pair(&args)?;
+    let model = Model::load(&onnx_path)?;
     let graph = Graph::import(&model, &Registry::standard(), &ImportOptions::default())
-        .with_context(|| format!("importing `{}`", args.model.display()))?;
+        .with_context(|| format!("importing `{}`", onnx_path.display()))?;
     let inputs = random_inputs(&graph, args.batch, args.seed)?;
-    let report = compare(&model, &graph, &inputs, args.tolerance, !args.no_tract)?;
+    let report = match &ts_path {
+        None => compare(&model, &graph, &inputs, args.tolerance, !args.no_tract)?,
+        Some(ts_path) => {
+            let ts = TorchScript::load(ts_path, tch::Device::Cpu, None, None)?;
+            if inputs.len() != 1 {
+                anyhow::bail!(
+                    "`{}` has {} inputs; comparing with TorchScript needs one image input",
+                    onnx_path.display(),
+                    inputs.len()
+                );
+            }
+            let out = tch::no_grad(|| ts.forward(&inputs[0]))?;
+            let reference = format!("torchscript {}", ts_path.display());
+            compare_with(
+                &model,
+                &graph,
+                reference,
+                vec![out],
+                &inputs,
+                args.tolerance,
+                !args.no_tract,
+            )?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} (batch {}, tolerance {:e})",
-            args.model.display(),
+            "{} (batch {}, tolerance {:e}){}",
+            onnx_path.display(),
             report.batch,
-            report.tolerance
+            report.tolerance,
+            match &ts_path {
+                Some(p) => format!(", compared with TorchScript {}", p.display()),
+                None => String::new(),
+            }
         );
         for o in &report.outputs {
             let tract = o

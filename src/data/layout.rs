@@ -20,10 +20,10 @@ pub enum Layout {
 }
 
 impl Layout {
-    const ALL: [Layout; 3] = [Layout::Nchw, Layout::Nhwc, Layout::Flat];
+    pub const ALL: [Layout; 3] = [Layout::Nchw, Layout::Nhwc, Layout::Flat];
 
     /// Per-sample shape of `[C, H, W]` images in this layout.
-    fn sample_shape(self, [c, h, w]: [i64; 3]) -> Vec<i64> {
+    pub fn sample_shape(self, [c, h, w]: [i64; 3]) -> Vec<i64> {
         match self {
             Layout::Nchw => vec![c, h, w],
             Layout::Nhwc => vec![h, w, c],

@@ -1,0 +1,355 @@
+//! TorchScript models: files written by `torch.jit.save` of a traced or
+//! scripted module, run and differentiated by libtorch's interpreter (tch's
+//! `CModule`) with no Python class and no conversion.
+//!
+//! - [`detect`] tells an ONNX file, a TorchScript archive, a PyTorch state
+//!   dict and a pickled `nn.Module` apart by their bytes alone: ibau never
+//!   unpickles a file (unpickling runs arbitrary code).
+//! - [`TorchScript`] is the module in eval mode with its floating-point
+//!   parameters trainable (buffers, such as BatchNorm running statistics, are
+//!   not parameters and stay as they are); it implements
+//!   [`Classifier`](crate::ibau::Classifier), so I-BAU runs on it through the
+//!   same code as on an imported ONNX graph.
+//! - [`TorchScript::save_trained`] writes the original archive again (same
+//!   modules, code, parameter names and dtypes, same devices) with only the
+//!   trained parameters' values changed.
+//!
+//! The graph executor's optimisations are switched off when a module is
+//! loaded: the module then runs op by op under plain autograd, which is what
+//! I-BAU's second derivatives need (the fused differentiable graphs of the
+//! profiling executor are not meant for double backward).
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
+
+use crate::ibau::{Classifier, TrainError};
+
+/// What a model file is, judged from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Anything that is not one of the PyTorch formats below; the ONNX loader
+    /// decides whether it really is ONNX.
+    Onnx,
+    /// A `torch.jit.save` archive: a zip with `code/` and `constants.pkl`.
+    TorchScript,
+    /// A `torch.save` zip archive holding tensors only (a state dict).
+    StateDict,
+    /// A `torch.save` zip archive of a pickled `nn.Module` (its class is
+    /// referenced by name, its code is not in the file).
+    PickledModule,
+    /// A `torch.save` file in the legacy (pre-1.6) pickle format.
+    LegacyPickle,
+}
+
+/// Errors of the TorchScript back end.
+#[derive(Debug, thiserror::Error)]
+pub enum TorchScriptError {
+    #[error("`{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is {what}, not a TorchScript or ONNX model; ibau never unpickles files (that would run arbitrary code). {HOW_TO_CONVERT}")]
+    NotTorchScript { path: PathBuf, what: &'static str },
+    #[error("`{path}`: libtorch cannot load it as TorchScript: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: TchError,
+    },
+    #[error("`{path}`: {what}: {source}")]
+    Torch {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: TchError,
+    },
+    #[error("`{path}`: `forward` returned {what}; ibau needs a tensor of logits (or a tuple whose first element is one)")]
+    Output { path: PathBuf, what: String },
+}
+
+const HOW_TO_CONVERT: &str = "In Python, build the model from its class, load the weights, call `model.eval()`, then either \
+`torch.jit.save(torch.jit.trace(model, example_input), \"model.pt\")` (or `torch.jit.script(model)`) \
+or `torch.onnx.export(model, (example_input,), \"model.onnx\")`, and pass that file to ibau.";
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> TorchScriptError + '_ {
+    move |source| TorchScriptError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Tells the PyTorch formats apart from everything else by content: zip
+/// archives are looked into (entry names, and the pickle's text for class
+/// references), never unpickled.
+pub fn detect(path: &Path) -> Result<FileKind, TorchScriptError> {
+    let io = io_error(path);
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(&io)?;
+    let n = file.read(&mut head).map_err(&io)?;
+    if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        return Ok(FileKind::LegacyPickle);
+    }
+    if n < 4 || head != *b"PK\x03\x04" {
+        return Ok(FileKind::Onnx);
+    }
+    let file = std::fs::File::open(path).map_err(&io)?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| TorchScriptError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })?;
+    let names: Vec<String> = archive.file_names().map(str::to_string).collect();
+    let is_entry = |suffix: &str| names.iter().any(|n| n.ends_with(suffix));
+    if names.iter().any(|n| n.contains("/code/")) && is_entry("constants.pkl") {
+        return Ok(FileKind::TorchScript);
+    }
+    let Some(data_pkl) = names.iter().find(|n| n.ends_with("data.pkl")).cloned() else {
+        // A zip that is no PyTorch archive: let the ONNX loader say what it is not.
+        return Ok(FileKind::Onnx);
+    };
+    let mut pickle = Vec::new();
+    archive
+        .by_name(&data_pkl)
+        .and_then(|mut f| f.read_to_end(&mut pickle).map_err(Into::into))
+        .map_err(|e| TorchScriptError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        })?;
+    let mentions = |s: &str| pickle.windows(s.len()).any(|w| w == s.as_bytes());
+    if mentions("torch.nn.modules") || mentions("__main__") || mentions("_parameters") {
+        Ok(FileKind::PickledModule)
+    } else {
+        Ok(FileKind::StateDict)
+    }
+}
+
+/// The error for a PyTorch file that is not TorchScript, if `kind` is one.
+pub fn refuse_pickles(path: &Path, kind: FileKind) -> Result<(), TorchScriptError> {
+    let what = match kind {
+        FileKind::Onnx | FileKind::TorchScript => return Ok(()),
+        FileKind::StateDict => "a PyTorch state dict (`torch.save` of tensors, no model graph)",
+        FileKind::PickledModule => {
+            "a pickled PyTorch nn.Module (`torch.save(model)`: it names a Python class whose code is not in the file)"
+        }
+        FileKind::LegacyPickle => "a Python pickle (`torch.save` in the legacy format)",
+    };
+    Err(TorchScriptError::NotTorchScript {
+        path: path.to_path_buf(),
+        what,
+    })
+}
+
+/// One parameter of the module.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub dtype: String,
+    pub elements: i64,
+    pub trainable: bool,
+    /// Why a parameter is not trained (`null` when it is).
+    pub reason: Option<String>,
+}
+
+/// A TorchScript module in eval mode, ready for I-BAU.
+pub struct TorchScript {
+    pub path: PathBuf,
+    module: CModule,
+    /// Names of the trainable parameters, in `params` order.
+    pub names: Vec<String>,
+    /// The trainable parameters: the module's own tensors, so training them
+    /// changes the module.
+    pub params: Vec<Tensor>,
+    /// Every parameter with its role.
+    pub infos: Vec<ParamInfo>,
+    device: Device,
+    float_kind: Kind,
+}
+
+fn is_float(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    )
+}
+
+pub fn kind_name(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "float32".into(),
+        Kind::Double => "float64".into(),
+        Kind::Half => "float16".into(),
+        Kind::BFloat16 => "bfloat16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+impl TorchScript {
+    /// Loads `path` onto `device` in eval mode. Float parameters are trainable
+    /// unless `freeze` matches their name (`train` re-enables a match).
+    pub fn load(
+        path: &Path,
+        device: Device,
+        freeze: Option<&Regex>,
+        train: Option<&Regex>,
+    ) -> Result<TorchScript, TorchScriptError> {
+        refuse_pickles(path, detect(path)?)?;
+        tch::jit::set_graph_executor_optimize(false);
+        let mut module =
+            CModule::load_on_device(path, device).map_err(|source| TorchScriptError::Load {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        module
+            .f_set_eval()
+            .map_err(|source| TorchScriptError::Torch {
+                path: path.to_path_buf(),
+                what: "setting eval mode",
+                source,
+            })?;
+        let named = module
+            .named_parameters()
+            .map_err(|source| TorchScriptError::Torch {
+                path: path.to_path_buf(),
+                what: "listing parameters",
+                source,
+            })?;
+        let mut names = Vec::new();
+        let mut params = Vec::new();
+        let mut infos = Vec::new();
+        let mut seen = HashSet::new();
+        let mut float_kind = None;
+        for (name, tensor) in named {
+            let kind = tensor.kind();
+            let frozen_by = |r: Option<&Regex>| r.is_some_and(|r| r.is_match(&name));
+            let reason = if !is_float(kind) {
+                Some("not a float tensor".to_string())
+            } else if !seen.insert(tensor.data_ptr() as usize) {
+                Some("shares its storage with an earlier parameter (trained once)".to_string())
+            } else if frozen_by(freeze) && !frozen_by(train) {
+                Some("frozen by --freeze".to_string())
+            } else {
+                None
+            };
+            if reason.is_none() {
+                float_kind.get_or_insert(kind);
+                let _ = tensor.set_requires_grad(true);
+                names.push(name.clone());
+                params.push(tensor.shallow_clone());
+            } else if is_float(kind) {
+                let _ = tensor.set_requires_grad(false);
+            }
+            infos.push(ParamInfo {
+                name,
+                shape: tensor.size(),
+                dtype: kind_name(kind),
+                elements: tensor.numel() as i64,
+                trainable: reason.is_none(),
+                reason,
+            });
+        }
+        Ok(TorchScript {
+            path: path.to_path_buf(),
+            module,
+            names,
+            params,
+            infos,
+            device,
+            float_kind: match float_kind {
+                // Inputs are fed in f32 (or f64) even to half-precision
+                // modules' callers; the module decides what it accepts.
+                Some(Kind::Double) => Kind::Double,
+                _ => Kind::Float,
+            },
+        })
+    }
+
+    /// The module's output for `x`: a tensor, or the first tensor of a tuple
+    /// or list.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TorchScriptError> {
+        let out = self
+            .module
+            .forward_is(&[IValue::Tensor(x.shallow_clone())])
+            .map_err(|source| TorchScriptError::Torch {
+                path: self.path.clone(),
+                what: "running forward",
+                source,
+            })?;
+        let first = match out {
+            IValue::Tensor(t) => return Ok(t),
+            IValue::Tuple(items) | IValue::GenericList(items) => items.into_iter().next(),
+            IValue::TensorList(items) => items.into_iter().next().map(IValue::Tensor),
+            other => {
+                return Err(TorchScriptError::Output {
+                    path: self.path.clone(),
+                    what: format!("{other:?}").chars().take(60).collect(),
+                })
+            }
+        };
+        match first {
+            Some(IValue::Tensor(t)) => Ok(t),
+            other => Err(TorchScriptError::Output {
+                path: self.path.clone(),
+                what: format!(
+                    "a sequence whose first element is {}",
+                    other.map_or("missing".to_string(), |v| format!("{v:?}")
+                        .chars()
+                        .take(60)
+                        .collect())
+                ),
+            }),
+        }
+    }
+
+    /// Writes the original archive again with the trained parameters' values:
+    /// the file is reloaded from `self.path` on the devices it was saved for,
+    /// each trained parameter is copied in (cast to its dtype), and the module
+    /// is saved to `out`.
+    pub fn save_trained(&self, out: &Path) -> Result<(), TorchScriptError> {
+        let torch = |what: &'static str| {
+            move |source| TorchScriptError::Torch {
+                path: out.to_path_buf(),
+                what,
+                source,
+            }
+        };
+        let fresh = CModule::load(&self.path).map_err(|source| TorchScriptError::Load {
+            path: self.path.clone(),
+            source,
+        })?;
+        let named = fresh
+            .named_parameters()
+            .map_err(torch("listing parameters"))?;
+        tch::no_grad(|| -> Result<(), TorchScriptError> {
+            for (name, mut target) in named {
+                if let Some(i) = self.names.iter().position(|n| *n == name) {
+                    target
+                        .f_copy_(&self.params[i])
+                        .map_err(torch("copying a trained parameter"))?;
+                }
+            }
+            Ok(())
+        })?;
+        fresh.save(out).map_err(torch("saving"))
+    }
+}
+
+impl Classifier for TorchScript {
+    fn logits(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        self.forward(x)
+            .map_err(|e| TrainError::Model(e.to_string()))
+    }
+    fn parameters(&self) -> &[Tensor] {
+        &self.params
+    }
+    fn device(&self) -> Device {
+        self.device
+    }
+    fn float_kind(&self) -> Kind {
+        self.float_kind
+    }
+}
