@@ -7,7 +7,7 @@ use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{self, Dataset, Layout, Trigger};
-use crate::graph::{ops::Registry, Graph, ImportOptions};
+use crate::graph::{ops::Registry, Graph, ImportOptions, ValueInfo};
 use crate::ibau::{Classifier, TrainError};
 use crate::onnx::Model;
 use crate::torchscript::{self, FileKind, TorchScript};
@@ -27,10 +27,28 @@ pub struct Preprocess {
     pub std: Vec<f64>,
 }
 
-/// An imported ONNX graph as an I-BAU classifier (first output = logits).
+/// Which tensor I-BAU's losses and the predictions use as logits.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogitsSource {
+    /// The tensor's name in the graph.
+    pub tensor: String,
+    /// Why that tensor: `graph output`, `input of Softmax node ...`, or
+    /// `log of graph output ...` (probabilities found at run time).
+    pub how: String,
+}
+
+/// An imported ONNX graph as an I-BAU classifier. The logits are the first
+/// graph output, unless that output is a Softmax's (then the Softmax's input
+/// is an extra output of the import) or turns out to hold probabilities
+/// (then their log is used: cross-entropy on probabilities would leave a
+/// backdoor in place).
 pub struct GraphClassifier {
     pub graph: Graph,
+    /// Index of the logits among the import's outputs.
     pub output: usize,
+    /// Take the log of that output (it holds probabilities).
+    pub log: bool,
+    pub logits: LogitsSource,
 }
 
 impl Classifier for GraphClassifier {
@@ -39,7 +57,12 @@ impl Classifier for GraphClassifier {
             .graph
             .forward(std::slice::from_ref(x))
             .map_err(|e| TrainError::Model(e.to_string()))?;
-        Ok(outputs.swap_remove(self.output))
+        let out = outputs.swap_remove(self.output);
+        if self.log {
+            Ok(out.f_clamp_min(1e-30)?.f_log()?)
+        } else {
+            Ok(out)
+        }
     }
     fn parameters(&self) -> &[Tensor] {
         &self.graph.params.tensors
@@ -52,14 +75,112 @@ impl Classifier for GraphClassifier {
     }
 }
 
+impl GraphClassifier {
+    /// Runs `x` through the model; when the logits come straight from a graph
+    /// output whose rows are probabilities (in [0, 1], summing to one), the
+    /// classifier switches to their log and says so.
+    pub fn detect_probabilities(&mut self, x: &Tensor) -> anyhow::Result<()> {
+        if self.log || self.logits.how != "graph output" {
+            return Ok(());
+        }
+        let out = tch::no_grad(|| self.logits(x))?.f_to_kind(Kind::Double)?;
+        if out.dim() != 2 || out.size()[1] < 2 {
+            return Ok(());
+        }
+        let min = out.f_min()?.double_value(&[]);
+        let max = out.f_max()?.double_value(&[]);
+        let sums = out.f_sum_dim_intlist(-1, false, Kind::Double)?;
+        let off = (sums - 1.0).f_abs()?.f_max()?.double_value(&[]);
+        if min >= 0.0 && max <= 1.0 && off < 1e-3 {
+            self.log = true;
+            self.logits.how = format!(
+                "log of graph output `{}` (its rows are probabilities)",
+                self.logits.tensor
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The Softmax that makes graph output `output` (through Identity nodes),
+/// when it normalises the last axis: its node name and input tensor.
+fn softmax_producer(model: &Model, output: &str) -> Option<(String, String)> {
+    let graph = model.graph();
+    let mut name = output.to_string();
+    loop {
+        let (i, node) = graph
+            .node
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.output.contains(&name))?;
+        match node.op_type() {
+            "Identity" => name = node.input.first()?.clone(),
+            "Softmax" => {
+                let opset = model.opset(node.domain()).unwrap_or(1);
+                let axis = node
+                    .attribute
+                    .iter()
+                    .find(|a| a.name() == "axis")
+                    .map(|a| a.i())
+                    .unwrap_or(if opset >= 13 { -1 } else { 1 });
+                let rank = graph
+                    .output
+                    .iter()
+                    .find(|o| o.name() == output)
+                    .and_then(|o| ValueInfo::from_proto(o).shape.map(|s| s.len() as i64));
+                let last =
+                    axis == -1 || rank.is_some_and(|r| axis == r - 1) || (opset < 13 && axis == 1);
+                let input = node.input.first()?.clone();
+                return last.then(|| (node_name_of(node, i), input));
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn node_name_of(node: &crate::onnx::proto::NodeProto, index: usize) -> String {
+    if node.name().is_empty() {
+        format!("#{index}")
+    } else {
+        node.name().to_string()
+    }
+}
+
 /// Loads and imports `path` for `device`.
 pub fn load_classifier(
     path: &Path,
     options: &ImportOptions,
 ) -> anyhow::Result<(Model, GraphClassifier)> {
     let model = Model::load(path)?;
-    let graph = Graph::import(&model, &Registry::standard(), options)
-        .with_context(|| format!("importing `{}`", path.display()))?;
+    let first_output = model
+        .graph()
+        .output
+        .first()
+        .map(|o| o.name().to_string())
+        .with_context(|| format!("`{}` has no graph outputs", path.display()))?;
+    let softmax = softmax_producer(&model, &first_output);
+    let graph = {
+        let with_logits;
+        let import = match &softmax {
+            Some((_, input)) => {
+                let mut m = model.clone();
+                m.proto
+                    .graph
+                    .as_mut()
+                    .expect("a loaded model has a graph")
+                    .output
+                    .push(crate::onnx::proto::ValueInfoProto {
+                        name: Some(input.clone()),
+                        ..Default::default()
+                    });
+                with_logits = m;
+                &with_logits
+            }
+            None => &model,
+        };
+        Graph::import(import, &Registry::standard(), options)
+            .with_context(|| format!("importing `{}`", path.display()))?
+    };
     if graph.inputs.len() != 1 {
         anyhow::bail!(
             "`{}` has {} graph inputs ({}); ibau handles classifiers with one image input",
@@ -73,7 +194,31 @@ pub fn load_classifier(
                 .join(", ")
         );
     }
-    Ok((model, GraphClassifier { graph, output: 0 }))
+    let (output, logits) = match softmax {
+        Some((node, input)) => (
+            graph.outputs.len() - 1,
+            LogitsSource {
+                how: format!("input of Softmax node `{node}` (graph output `{first_output}` holds probabilities)"),
+                tensor: input,
+            },
+        ),
+        None => (
+            0,
+            LogitsSource {
+                tensor: first_output,
+                how: "graph output".into(),
+            },
+        ),
+    };
+    Ok((
+        model,
+        GraphClassifier {
+            graph,
+            output,
+            log: false,
+            logits,
+        },
+    ))
 }
 
 /// A dataset file with an optional `A:B` range.
@@ -194,12 +339,34 @@ impl LoadedModel {
     pub fn device(&self) -> Device {
         self.classifier().device()
     }
+
+    /// The tensor used as logits.
+    pub fn logits_source(&self) -> LogitsSource {
+        match self {
+            LoadedModel::Onnx { model, .. } => model.logits.clone(),
+            LoadedModel::TorchScript(_) => LogitsSource {
+                tensor: "forward()".into(),
+                how: "module output".into(),
+            },
+        }
+    }
+
+    /// See [`GraphClassifier::detect_probabilities`] (ONNX models only).
+    pub fn detect_probabilities(&mut self, x: &Tensor) -> anyhow::Result<()> {
+        match self {
+            LoadedModel::Onnx { model, .. } => model.detect_probabilities(x),
+            LoadedModel::TorchScript(_) => Ok(()),
+        }
+    }
 }
 
 /// Images in [0,1] `[N,C,H,W]` -> the model's input space: normalised, laid
 /// out as the model declares, on the model's device.
 pub struct InputMap {
     pub model_shape: Vec<Option<i64>>,
+    /// The input's ONNX element type: float16/bfloat16 inputs get data
+    /// rounded to that precision.
+    pub dtype: crate::onnx::DataType,
     pub layout: Option<Layout>,
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
@@ -215,8 +382,13 @@ impl InputMap {
             Some(shape) => shape,
             None => probe_input(model.classifier(), &data.images.size(), pre.layout)?,
         };
+        let dtype = match model {
+            LoadedModel::Onnx { model, .. } => model.graph.inputs[0].data_type,
+            LoadedModel::TorchScript(_) => crate::onnx::DataType::FLOAT,
+        };
         Ok(InputMap {
             model_shape,
+            dtype,
             layout: pre.layout,
             mean: pre.mean.clone(),
             std: pre.std.clone(),
@@ -231,7 +403,7 @@ impl InputMap {
             data::normalize(images, &self.mean, &self.std)?
         };
         let (mapped, _) = data::fit_to_input(&normalised, &self.model_shape, self.layout)?;
-        Ok(mapped.f_to_device(self.device)?)
+        Ok(data::round_to(&mapped, self.dtype)?.f_to_device(self.device)?)
     }
 }
 

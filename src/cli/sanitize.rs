@@ -85,9 +85,10 @@ pub struct Args {
     pub target: Option<i64>,
     /// Tolerance of the parity check of the written file (ONNX Runtime for
     /// ONNX, a libtorch reload for TorchScript): max absolute difference,
-    /// relative to the output's scale when above 1.
-    #[arg(long, default_value_t = 1e-4)]
-    pub parity_tolerance: f64,
+    /// relative to the output's scale when above 1 [default: 1e-4; 1e-2 for
+    /// float16 ONNX models, 3e-2 for bfloat16 ones].
+    #[arg(long)]
+    pub parity_tolerance: Option<f64>,
     /// Write a JSON report (schema in README.md).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -105,6 +106,8 @@ pub struct Report {
     pub seconds: f64,
     pub clean_samples: usize,
     pub trainable: Trainable,
+    /// The tensor I-BAU's losses used as logits.
+    pub logits: pipeline::LogitsSource,
     pub config: Config,
     pub before: Option<Metrics>,
     pub after: Option<Metrics>,
@@ -231,9 +234,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         train: args.train.clone(),
         ..Default::default()
     };
-    let loaded = LoadedModel::load(&args.model, &options)?;
-    let model = loaded.classifier();
-    if model.parameters().is_empty() {
+    let mut loaded = LoadedModel::load(&args.model, &options)?;
+    if loaded.classifier().parameters().is_empty() {
         anyhow::bail!(
             "`{}` has no trainable weights: nothing to sanitize",
             args.model.display()
@@ -246,10 +248,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         .map(|(images, labels)| {
             Ok(Batch {
                 images: map.apply(&images)?,
-                labels: labels.f_to_device(model.device())?,
+                labels: labels.f_to_device(map.device)?,
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    if let Some(first) = batches.first() {
+        loaded.detect_probabilities(&first.images)?;
+    }
+    let model = loaded.classifier();
+    let logits = loaded.logits_source();
     let test = match &args.test {
         Some(path) => Some(TestSet {
             data: pipeline::load_data(path, args.test_range.as_deref()).context("--test")?,
@@ -282,6 +289,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         100.0 * roles.share
     );
 
+    if logits.how != "graph output" && logits.how != "module output" {
+        eprintln!("logits: `{}`, the {}", logits.tensor, logits.how);
+    }
     let before = test
         .as_ref()
         .map(|t| pipeline::evaluate(model, &map, t))
@@ -346,7 +356,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => anyhow::Error::new(e).context("I-BAU"),
     })?;
     progress.finish_and_clear();
-    let after = rounds
+    let mut after = rounds
         .last()
         .zip(test.as_ref())
         .map(|(r, t)| Metrics {
@@ -355,23 +365,41 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             samples: t.data.len(),
         })
         .or(before.filter(|_| config.rounds == 0));
+    // Weights stored in float16/bfloat16 were trained as float32 master
+    // weights; round them to what the file will hold, and measure that.
+    if let LoadedModel::Onnx { model: graph, .. } = &loaded {
+        let rounded = graph.graph.params.round_to_stored_precision()?;
+        if rounded > 0 {
+            eprintln!(
+                "rounded {rounded} trained tensors to their stored precision (float16/bfloat16)"
+            );
+            if let Some(t) = &test {
+                after = Some(pipeline::evaluate(model, &map, t)?);
+            }
+        }
+    }
 
     // Write back, gated by a second runtime on the clean set.
     let parity_inputs: Vec<Tensor> = batches.iter().map(|b| b.images.shallow_clone()).collect();
-    let tolerance = args.parity_tolerance;
     let parity = match &loaded {
         LoadedModel::Onnx { file, model } => {
+            let tolerance = args
+                .parity_tolerance
+                .unwrap_or_else(|| crate::graph::Graph::default_tolerance(file).0);
             let trained = crate::export::with_parameters(file, &model.graph.params)?;
             crate::export::write_checked(&trained, &args.output, |path| {
                 onnx_parity(path, model, &parity_inputs, tolerance)
             })?
         }
-        LoadedModel::TorchScript(ts) => crate::export::write_checked_with(
-            &args.model,
-            &args.output,
-            |path| Ok(ts.save_trained(path)?),
-            |path| torchscript_parity(path, ts, &parity_inputs, tolerance),
-        )?,
+        LoadedModel::TorchScript(ts) => {
+            let tolerance = args.parity_tolerance.unwrap_or(1e-4);
+            crate::export::write_checked_with(
+                &args.model,
+                &args.output,
+                |path| Ok(ts.save_trained(path)?),
+                |path| torchscript_parity(path, ts, &parity_inputs, tolerance),
+            )?
+        }
     };
 
     eprintln!();
@@ -400,6 +428,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             elements: roles.elements,
             share: roles.share,
         },
+        logits,
         config,
         before,
         after,

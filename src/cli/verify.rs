@@ -29,9 +29,10 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
     pub batch: i64,
     /// Tolerance on the max absolute difference, relative to the output's
-    /// scale when that is above 1.
-    #[arg(long, default_value_t = 1e-4)]
-    pub tolerance: f64,
+    /// scale when that is above 1 [default: 1e-4; 1e-2 for float16 models,
+    /// 3e-2 for bfloat16 ones, which ONNX Runtime computes in that precision].
+    #[arg(long)]
+    pub tolerance: Option<f64>,
     /// Seed of the random U[0,1) inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
@@ -49,6 +50,9 @@ pub struct Report {
     /// What the runtimes are compared with: `tch import` of the ONNX file,
     /// or `torchscript FILE` when a TorchScript file is compared.
     pub reference: String,
+    /// The lowest float precision the file computes in (sets the default
+    /// tolerance): float32, float16 or bfloat16.
+    pub precision: &'static str,
     pub passed: bool,
     pub tolerance: f64,
     pub batch: i64,
@@ -98,10 +102,11 @@ pub fn random_inputs(graph: &Graph, batch: i64, seed: i64) -> anyhow::Result<Vec
                     input.elem_type
                 );
             }
-            Ok(Tensor::rand(
-                shape.as_slice(),
-                (Kind::Float, tch::Device::Cpu),
-            ))
+            // Rounded to the input's precision: every runtime sees the same values.
+            Ok(crate::data::round_to(
+                &Tensor::rand(shape.as_slice(), (Kind::Float, tch::Device::Cpu)),
+                input.data_type,
+            )?)
         })
         .collect()
 }
@@ -172,6 +177,7 @@ fn compare_with(
     }
     Ok(Report {
         reference,
+        precision: Graph::default_tolerance(model).1,
         passed: outputs.iter().all(|o| o.passed),
         tolerance,
         batch: inputs.first().map(|t| t.size()[0]).unwrap_or(0),
@@ -234,8 +240,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let graph = Graph::import(&model, &Registry::standard(), &ImportOptions::default())
         .with_context(|| format!("importing `{}`", onnx_path.display()))?;
     let inputs = random_inputs(&graph, args.batch, args.seed)?;
+    let tolerance = args
+        .tolerance
+        .unwrap_or_else(|| Graph::default_tolerance(&model).0);
     let report = match &ts_path {
-        None => compare(&model, &graph, &inputs, args.tolerance, !args.no_tract)?,
+        None => compare(&model, &graph, &inputs, tolerance, !args.no_tract)?,
         Some(ts_path) => {
             let ts = TorchScript::load(ts_path, tch::Device::Cpu, None, None)?;
             if inputs.len() != 1 {
@@ -253,7 +262,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 reference,
                 vec![out],
                 &inputs,
-                args.tolerance,
+                tolerance,
                 !args.no_tract,
             )?
         }
@@ -262,10 +271,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} (batch {}, tolerance {:e}){}",
+            "{} (batch {}, tolerance {:e} for a {} model){}",
             onnx_path.display(),
             report.batch,
             report.tolerance,
+            report.precision,
             match &ts_path {
                 Some(p) => format!(", compared with TorchScript {}", p.display()),
                 None => String::new(),

@@ -485,6 +485,18 @@ pub(crate) fn guess_4d_layout(path: &Path, dims: &[usize]) -> Result<SourceLayou
     }
 }
 
+/// `x` rounded to the precision of ONNX element type `dtype` (float16 or
+/// bfloat16), kept in its own kind; other types leave it as it is.
+pub fn round_to(x: &Tensor, dtype: crate::onnx::DataType) -> Result<Tensor, tch::TchError> {
+    use crate::onnx::DataType;
+    let kind = match dtype {
+        DataType::FLOAT16 => tch::Kind::Half,
+        DataType::BFLOAT16 => tch::Kind::BFloat16,
+        _ => return Ok(x.shallow_clone()),
+    };
+    x.f_to_kind(kind)?.f_to_kind(x.kind())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

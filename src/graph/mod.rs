@@ -205,6 +205,26 @@ impl Parameters {
             Ok(())
         })
     }
+    /// Rounds every parameter stored as float16 or bfloat16 to that
+    /// precision, in place (training keeps full-precision master weights;
+    /// this is what the written file will hold). Returns how many were
+    /// rounded.
+    pub fn round_to_stored_precision(&self) -> Result<usize, tch::TchError> {
+        let mut rounded = 0;
+        tch::no_grad(|| {
+            for (p, dtype) in self.tensors.iter().zip(&self.dtypes) {
+                let kind = match *dtype {
+                    DataType::FLOAT16 => Kind::Half,
+                    DataType::BFLOAT16 => Kind::BFloat16,
+                    _ => continue,
+                };
+                let stored = p.f_to_kind(kind)?.f_to_kind(p.kind())?;
+                p.shallow_clone().f_copy_(&stored)?;
+                rounded += 1;
+            }
+            Ok(rounded)
+        })
+    }
     /// Detached copies of every parameter.
     pub fn snapshot(&self) -> Vec<Tensor> {
         self.tensors.iter().map(|t| t.detach().copy()).collect()
@@ -244,6 +264,47 @@ pub struct Graph {
     output_slots: Vec<usize>,
     /// For each node, the slots whose last reader it is (freed after it runs).
     frees: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    /// The parity tolerance that suits the graph's precision: 1e-4 when it
+    /// computes in float32/64, 1e-2 with float16 and 3e-2 with bfloat16
+    /// inputs, outputs or weights fed to ops other than Cast (ONNX Runtime
+    /// computes in that precision, ibau in float32). With the precision's name.
+    pub fn default_tolerance(model: &Model) -> (f64, &'static str) {
+        let graph = model.graph();
+        let cast_only: HashSet<&str> = graph
+            .initializer
+            .iter()
+            .map(|t| t.name())
+            .filter(|name| {
+                graph
+                    .node
+                    .iter()
+                    .filter(|n| n.input.iter().any(|i| i == name))
+                    .all(|n| n.op_type() == "Cast")
+            })
+            .collect();
+        let io = graph
+            .input
+            .iter()
+            .chain(&graph.output)
+            .map(|v| ValueInfo::from_proto(v).data_type);
+        let weights = graph
+            .initializer
+            .iter()
+            .filter(|t| !cast_only.contains(t.name()))
+            .map(|t| DataType(t.data_type()));
+        let mut result = (1e-4, "float32");
+        for dtype in io.chain(weights) {
+            match dtype {
+                DataType::BFLOAT16 => return (3e-2, "bfloat16"),
+                DataType::FLOAT16 => result = (1e-2, "float16"),
+                _ => {}
+            }
+        }
+        result
+    }
 }
 
 /// The ops of `model` that the registry cannot run, every one of them.

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{to_vec, ParityError};
 
@@ -23,12 +24,27 @@ pub fn run(path: &Path, inputs: &[Tensor]) -> Result<Vec<Tensor>, ParityError> {
     .map_err(|e| err(&e))?;
     let mut values = TVec::new();
     for (i, input) in inputs.iter().enumerate() {
-        let (shape, data) = to_vec::<f32>(input, Kind::Float)?;
-        let tensor = tract_ndarray::ArrayD::from_shape_vec(shape.clone(), data)
-            .map_err(|e| err(&e))?
-            .into_tensor();
+        // Float16 inputs are fed as float16; everything else as float32.
+        let half = model
+            .input_fact(i)
+            .ok()
+            .and_then(|f| f.datum_type.concretize())
+            == Some(f16::datum_type());
+        let (tensor, dt, shape) = if half {
+            let (shape, data) = to_vec::<f16>(input, Kind::Half)?;
+            let t = tract_ndarray::ArrayD::from_shape_vec(shape.clone(), data)
+                .map_err(|e| err(&e))?
+                .into_tensor();
+            (t, f16::datum_type(), shape)
+        } else {
+            let (shape, data) = to_vec::<f32>(input, Kind::Float)?;
+            let t = tract_ndarray::ArrayD::from_shape_vec(shape.clone(), data)
+                .map_err(|e| err(&e))?
+                .into_tensor();
+            (t, f32::datum_type(), shape)
+        };
         model = model
-            .with_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), shape))
+            .with_input_fact(i, InferenceFact::dt_shape(dt, shape))
             .map_err(|e| err(&e))?;
         values.push(tensor.into_tvalue());
     }
