@@ -155,6 +155,35 @@ fn inspect_json_works_on_every_fixture_and_the_authors_model() {
         );
         let share = json["trainable"]["share"].as_f64().unwrap();
         assert_eq!(share, 1.0, "{}: every weight trainable", model.display());
+        // Independently of the importer's differentiable-path rule: every
+        // float initializer of more than one element is trainable, except
+        // BatchNormalization's running mean and variance.
+        let file = ibau::onnx::Model::load(&model).unwrap();
+        let graph = file.graph();
+        let statistics: std::collections::HashSet<&str> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "BatchNormalization")
+            .flat_map(|n| n.input.iter().skip(3).map(String::as_str))
+            .collect();
+        let trainable: std::collections::HashSet<&str> = json["trainable"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for init in &graph.initializer {
+            let float = ibau::onnx::DataType(init.data_type()).is_float();
+            let elements: i64 = init.dims.iter().product();
+            if float && elements > 1 && !statistics.contains(init.name()) {
+                assert!(
+                    trainable.contains(init.name()),
+                    "{}: weight `{}` ({elements} elements) is not trainable",
+                    model.display(),
+                    init.name()
+                );
+            }
+        }
     }
 }
 

@@ -83,6 +83,10 @@ pub struct Args {
     /// The attack's target label.
     #[arg(long, requires = "trigger")]
     pub target: Option<i64>,
+    /// Stop before `--rounds` once a round ends with the measured attack
+    /// success rate below this fraction (e.g. 0.2); needs `--trigger`.
+    #[arg(long, value_name = "FRACTION", requires = "trigger")]
+    pub stop_below_asr: Option<f64>,
     /// Tolerance of the parity check of the written file (ONNX Runtime for
     /// ONNX, a libtorch reload for TorchScript): max absolute difference,
     /// relative to the output's scale when above 1 [default: 1e-4; 1e-2 for
@@ -348,7 +352,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 acc: metrics.map(|m| m.acc),
                 asr: metrics.and_then(|m| m.asr),
             });
-            Ok(())
+            let done = args
+                .stop_below_asr
+                .zip(metrics.and_then(|m| m.asr))
+                .is_some_and(|(limit, asr)| asr < limit);
+            Ok(if done {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            })
         },
     )
     .map_err(|e| match eval_error.take() {

@@ -280,7 +280,7 @@ pub fn unlearn(
     clean: &[Batch],
     config: &Config,
     on_step: &mut dyn FnMut(usize, usize),
-    on_round: &mut dyn FnMut(&RoundStats) -> Result<(), TrainError>,
+    on_round: &mut dyn FnMut(&RoundStats) -> Result<std::ops::ControlFlow<()>, TrainError>,
 ) -> Result<Vec<RoundStats>, TrainError> {
     if clean.is_empty() {
         return Err(TrainError::Config("the clean set is empty".into()));
@@ -307,8 +307,11 @@ pub fn unlearn(
             seconds: start.elapsed().as_secs_f64(),
             perturbation_norm: norm,
         };
-        on_round(&s)?;
+        let flow = on_round(&s)?;
         stats.push(s);
+        if flow.is_break() {
+            break;
+        }
     }
     Ok(stats)
 }
