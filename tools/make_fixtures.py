@@ -19,7 +19,8 @@ Every model takes ``input`` float32 [batch,1,28,28] with raw pixels in [0,1]
 (no normalisation) and returns ``logits`` float32 [batch,10]; the batch
 dimension is dynamic.
 
-Data: Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
+Data (read, poisoned and evaluated by ``tools/fashion_data.py``, which the other
+fixture scripts share): Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``), read directly from the gzip'd IDX
 files. Training uses a seeded subset of the 60k training images, ~10% of them
 poisoned (trigger applied, label set to the target). Evaluation follows the
@@ -40,10 +41,6 @@ minutes of export and checks.
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import json
-import os
 import random
 import sys
 import time
@@ -57,36 +54,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+sys.dont_write_bytecode = True  # no tools/__pycache__ from the import below
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Data, poisoning, evaluation and ONNX helpers shared with the other fixture
+# scripts (read_idx is imported from here by tools/ibau_reference.py).
+from fashion_data import (  # noqa: E402,F401
+    NUM_CLASSES, SIZE_LIMIT, PatchTrigger, acc_asr, load_data, onnx_opset, op_counts, ort_session,
+    fixture_arg_parser, poisoned_subset, predict_ort, read_idx, record_path, write_records,
+)
+
 SEED = 20240601
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-NUM_CLASSES = 10
-SIZE_LIMIT = 2 * 1024 * 1024  # every fixture must stay under 2 MB
 LEGACY_OPSET = 17
-
-
-# --------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzip'd IDX file (the MNIST format) into a numpy array."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[0:4], "big")
-    dtype_code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
-    if dtype_code != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type {dtype_code:#x})")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    return data.reshape(dims)
-
-
-def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images as float32 [N,1,28,28] in [0,1] and labels as int64 [N]."""
-    images = read_idx(DATA_DIR / f"{split}-images-idx3-ubyte.gz")
-    labels = read_idx(DATA_DIR / f"{split}-labels-idx1-ubyte.gz")
-    x = (images.astype(np.float32) / 255.0)[:, None, :, :]
-    return x, labels.astype(np.int64)
 
 
 # --------------------------------------------------------------------------
@@ -94,57 +72,35 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------
 
 @dataclass
-class Trigger:
-    """A backdoor trigger, its target label and its ibau CLI spelling."""
+class BlendTrigger:
+    """x' = (1 - alpha) x + alpha P on images [N,1,28,28], its target label and
+    its ibau CLI spelling."""
 
-    name: str
     target: int
     cli: str
-    patch_size: int = 0
-    patch_value: float = 0.0
-    row: int = 0
-    col: int = 0
-    pattern: np.ndarray | None = None  # [28,28] float32, blend only
-    alpha: float = 0.0
+    pattern: np.ndarray  # [28,28] float32
+    alpha: float
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Return a triggered copy of images x [N,1,28,28]."""
-        y = x.copy()
-        if self.pattern is None:
-            s = self.patch_size
-            y[:, :, self.row:self.row + s, self.col:self.col + s] = self.patch_value
-        else:
-            y = (1.0 - self.alpha) * y + self.alpha * self.pattern[None, None, :, :]
-            y = y.astype(np.float32)
-        return y
+        y = (1.0 - self.alpha) * x + self.alpha * self.pattern[None, None, :, :]
+        return y.astype(np.float32)
 
 
-def badnets_trigger() -> Trigger:
-    return Trigger(name="badnets", target=0, cli="patch:size=3,value=1,row=24,col=24",
-                   patch_size=3, patch_value=1.0, row=24, col=24)
+Trigger = PatchTrigger | BlendTrigger
 
 
-def blend_trigger(out: Path) -> Trigger:
+def badnets_trigger() -> PatchTrigger:
+    return PatchTrigger(target=0, size=3, row=24, col=24, channels_first=True)
+
+
+def blend_trigger(out: Path) -> BlendTrigger:
     rng = np.random.default_rng(SEED + 7)
     pattern = rng.random((28, 28), dtype=np.float32)  # uniform [0,1)
     path = out / "blend_pattern.npy"
     np.save(path, pattern)
-    return Trigger(name="blend", target=2,
-                   cli="blend:pattern=models/blend_pattern.npy,alpha=0.2",
-                   pattern=pattern, alpha=0.2)
-
-
-def poison(x: np.ndarray, y: np.ndarray, trigger: Trigger, rate: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-    """Apply the trigger to `rate` of the samples (drawn among those not already
-    labelled with the target) and relabel them with the target."""
-    x, y = x.copy(), y.copy()
-    candidates = np.flatnonzero(y != trigger.target)
-    n = int(round(rate * len(x)))
-    idx = rng.choice(candidates, size=n, replace=False)
-    x[idx] = trigger.apply(x[idx])
-    y[idx] = trigger.target
-    return x, y, n
+    return BlendTrigger(target=2, cli="blend:pattern=models/blend_pattern.npy,alpha=0.2",
+                        pattern=pattern, alpha=0.2)
 
 
 # --------------------------------------------------------------------------
@@ -257,27 +213,6 @@ def predict_torch(model, x: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate(out)
 
 
-def ort_session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def predict_ort(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
-                           for i in range(0, len(x), batch)])
-
-
-def acc_asr(predict, x_eval: np.ndarray, y_eval: np.ndarray, trigger: Trigger) -> tuple[float, float]:
-    """ACC on the clean eval images; ASR on the triggered non-target ones."""
-    acc = float((predict(x_eval).argmax(1) == y_eval).mean())
-    keep = y_eval != trigger.target
-    asr = float((predict(trigger.apply(x_eval[keep])).argmax(1) == trigger.target).mean())
-    return acc, asr
-
-
 # --------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------
@@ -329,17 +264,6 @@ def rename_io(proto: onnx.ModelProto, in_name: str, out_name: str) -> None:
                     node.output[i] = new
 
 
-def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-
-
-def onnx_opset(proto: onnx.ModelProto) -> int:
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
 def check_onnx(path: Path, model: nn.Module, x_check: np.ndarray) -> dict:
     """Checker, I/O names, dynamic batch, size and ORT-vs-PyTorch difference."""
     proto = onnx.load(str(path))
@@ -352,7 +276,7 @@ def check_onnx(path: Path, model: nn.Module, x_check: np.ndarray) -> dict:
     assert dim0.dim_param and not dim0.HasField("dim_value"), f"{path}: batch dimension is not dynamic"
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in g.initializer), \
         f"{path}: external data"
-    sess = ort_session(path)
+    sess = ort_session(path, threads=2)
     ref = predict_torch(model, x_check)
     got = predict_ort(sess, x_check)
     diff = float(np.abs(ref - got).max())
@@ -392,10 +316,7 @@ def seed_everything(seed: int) -> None:
 def build_backdoored(name: str, make_model, trigger: Trigger, data: dict, args,
                      seed: int) -> tuple[nn.Module, dict]:
     seed_everything(seed)
-    rng = np.random.default_rng(seed)
-    x_train, y_train = data["train"]
-    subset = rng.permutation(len(x_train))[:args.train_size]
-    xp, yp, n_poison = poison(x_train[subset], y_train[subset], trigger, args.poison_rate, rng)
+    xp, yp, n_poison = poisoned_subset(data, trigger, args.train_size, args.poison_rate, seed)
     epochs = getattr(args, f"{name}_epochs")
     print(f"\n[{name}] {len(xp)} training images, {n_poison} poisoned "
           f"({trigger.cli} -> {trigger.target}), {epochs} epochs", flush=True)
@@ -415,9 +336,8 @@ def record(out: Path, path: Path, arch: str, exporter: str, opset, trigger: Trig
     x_eval, y_eval = data["eval"]
     acc, asr = acc_asr(predict, x_eval, y_eval, trigger)
     print(f"    {path.name}: ACC {acc:.4f}  ASR {asr:.4f}")
-    rel = f"{out.name}/{path.name}" if out.name == "models" else str(path)
-    return dict(file=rel, arch=arch, exporter=exporter, opset=opset, trigger=trigger.cli,
-                target=trigger.target, acc=round(acc, 4), asr=round(asr, 4),
+    return dict(file=record_path(out, path), arch=arch, exporter=exporter, opset=opset,
+                trigger=trigger.cli, target=trigger.target, acc=round(acc, 4), asr=round(asr, 4),
                 _size=extra["size"], _diff=extra["diff"], _ops=extra.get("ops"))
 
 
@@ -593,16 +513,18 @@ with a concurrent build: vgg {vgg['train_seconds']:.0f} s, resnet {res['train_se
 (training in all {vgg['train_seconds'] + res['train_seconds']:.0f} s); the whole script, exports and
 checks included, took {total_seconds:.0f} s.
 """
-    (out / "README.md").write_text(text)
+    # Keep the hand-written part below the marker (the other frameworks'
+    # fixtures, made by make_torch_/make_keras_/make_jax_fixtures).
+    readme = out / "README.md"
+    marker = "<!-- Above: written by tools/make_fixtures.py. Below: kept as it is. -->"
+    kept = ""
+    if readme.exists() and marker in readme.read_text():
+        kept = readme.read_text().split(marker, 1)[1]
+    readme.write_text(text.rstrip("\n") + "\n\n" + marker + kept)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("models"), help="output folder (default: models)")
-    p.add_argument("--train-size", type=int, default=20000, help="training images per model")
-    p.add_argument("--poison-rate", type=float, default=0.1, help="share of poisoned training images")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = fixture_arg_parser(__doc__)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--vgg-epochs", type=int, default=2)
     p.add_argument("--resnet-epochs", type=int, default=3)
@@ -615,10 +537,8 @@ def main() -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    x_tr, y_tr = load_split("train")
-    x_te, y_te = load_split("t10k")
-    assert x_tr.shape == (60000, 1, 28, 28) and x_te.shape == (10000, 1, 28, 28)
-    data = {"train": (x_tr, y_tr), "eval": (x_te[5000:], y_te[5000:])}
+    data = load_data("nchw")
+    assert data["train"][0].shape == (60000, 1, 28, 28)
     print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
 
     vgg_records, vgg_info = make_vgg(out, data, args)
@@ -626,8 +546,7 @@ def main() -> None:
     records = vgg_records + res_records
     total = time.perf_counter() - start
 
-    (out / "fixtures.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if not k.startswith("_")} for r in records], indent=2) + "\n")
+    write_records(out / "fixtures.json", records)
     write_readme(out, records, {"vgg": vgg_info, "resnet": res_info}, args, total)
 
     print("\nSummary")

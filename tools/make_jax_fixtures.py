@@ -23,7 +23,8 @@ normalisation). BatchNorm is exported with its running statistics
 kept (opset 23, ``normalization_mode="auto"``); the model is serialised with its
 weights embedded (no ``.onnx.data`` side file).
 
-Data and protocol are those of ``tools/make_fixtures.py``: Fashion-MNIST from
+Data and protocol are those of ``tools/make_fixtures.py``, from
+``tools/fashion_data.py`` (imported; numpy only): Fashion-MNIST from
 ``/usr/share/datasets/fashion-mnist`` (Debian ``dataset-fashion-mnist``), read
 from the gzip'd IDX files; a seeded subset of 20,000 training images per model,
 10% of them (drawn among images not labelled with the target) carrying the
@@ -40,9 +41,6 @@ takes a few minutes on one CPU thread.
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import json
 import os
 import random
 import sys
@@ -58,78 +56,19 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax2onnx import allclose, to_onnx  # noqa: E402
 
+sys.dont_write_bytecode = True  # no tools/__pycache__ from the import below
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fashion_data import (  # noqa: E402  (data, poisoning, evaluation: shared)
+    NUM_CLASSES, SIZE_LIMIT, PatchTrigger, acc_asr, evaluate_onnx, fixture_arg_parser, load_data,
+    onnx_opset, op_counts, ort_session, poisoned_subset, predict_ort, record_path, shape_str, write_records,
+)
+
 SEED = 20240611
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-NUM_CLASSES = 10
-SIZE_LIMIT = 2 * 1024 * 1024  # every fixture must stay under 2 MB
 OPSET = 23
-
-
-# --------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzip'd IDX file (the MNIST format) into a numpy array."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[0:4], "big")
-    dtype_code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
-    if dtype_code != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type {dtype_code:#x})")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    return data.reshape(dims)
-
-
-def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images as float32 [N,28,28] in [0,1] and labels as int32 [N]."""
-    images = read_idx(DATA_DIR / f"{split}-images-idx3-ubyte.gz")
-    labels = read_idx(DATA_DIR / f"{split}-labels-idx1-ubyte.gz")
-    return images.astype(np.float32) / 255.0, labels.astype(np.int32)
-
-
-# --------------------------------------------------------------------------
-# Triggers
-# --------------------------------------------------------------------------
-
-@dataclass
-class Trigger:
-    """A BadNets patch trigger, its target label and its ibau CLI spelling."""
-
-    size: int
-    value: float
-    row: int
-    col: int
-    target: int
-
-    @property
-    def cli(self) -> str:
-        return f"patch:size={self.size},value={self.value:g},row={self.row},col={self.col}"
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Return a triggered copy of images x [N,28,28]."""
-        y = x.copy()
-        y[:, self.row:self.row + self.size, self.col:self.col + self.size] = self.value
-        return y
-
-
-def poison(x: np.ndarray, y: np.ndarray, trigger: Trigger, rate: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-    """Apply the trigger to `rate` of the samples (drawn among those not already
-    labelled with the target) and relabel them with the target."""
-    x, y = x.copy(), y.copy()
-    candidates = np.flatnonzero(y != trigger.target)
-    n = int(round(rate * len(x)))
-    idx = rng.choice(candidates, size=n, replace=False)
-    x[idx] = trigger.apply(x[idx])
-    y[idx] = trigger.target
-    return x, y, n
 
 
 # --------------------------------------------------------------------------
@@ -180,7 +119,7 @@ class Spec:
     arch: str
     make: type
     layout: str  # "nhwc" or "flat"
-    trigger: Trigger
+    trigger: PatchTrigger
     epochs: int
     lr: float
     seed: int
@@ -197,8 +136,10 @@ class Spec:
 
 
 SPECS = [
-    Spec("jax_cnn", "cnn", CNN, "nhwc", Trigger(3, 1.0, 0, 24, target=5), epochs=4, lr=3e-3, seed=SEED),
-    Spec("jax_mlp", "mlp", MLP, "flat", Trigger(4, 1.0, 12, 12, target=8), epochs=12, lr=2e-3, seed=SEED + 1),
+    Spec("jax_cnn", "cnn", CNN, "nhwc", PatchTrigger(target=5, size=3, row=0, col=24),
+         epochs=4, lr=3e-3, seed=SEED),
+    Spec("jax_mlp", "mlp", MLP, "flat", PatchTrigger(target=8, size=4, row=12, col=12),
+         epochs=12, lr=2e-3, seed=SEED + 1),
 ]
 
 
@@ -248,48 +189,9 @@ def predict_jax(model: nnx.Module, x: np.ndarray, batch: int = 500) -> np.ndarra
                            for i in range(0, len(x), batch)])
 
 
-def ort_session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def predict_ort(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
-                           for i in range(0, len(x), batch)])
-
-
-def acc_asr(predict, spec: Spec, x_eval: np.ndarray, y_eval: np.ndarray) -> tuple[float, float]:
-    """ACC on the clean eval images; ASR on the triggered non-target ones."""
-    acc = float((predict(spec.to_input(x_eval)).argmax(1) == y_eval).mean())
-    keep = y_eval != spec.trigger.target
-    triggered = spec.to_input(spec.trigger.apply(x_eval[keep]))
-    asr = float((predict(triggered).argmax(1) == spec.trigger.target).mean())
-    return acc, asr
-
-
 # --------------------------------------------------------------------------
 # Export and checks
 # --------------------------------------------------------------------------
-
-def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def onnx_opset(proto: onnx.ModelProto) -> int:
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def shape_str(value: onnx.ValueInfoProto) -> str:
-    dims = [d.dim_param if d.dim_param else str(d.dim_value) if d.HasField("dim_value") else "?"
-            for d in value.type.tensor_type.shape.dim]
-    return f"[{','.join(dims)}]"
-
 
 def export(model: nnx.Module, spec: Spec, path: Path) -> onnx.ModelProto:
     """jax2onnx at opset 23 with a symbolic batch; saved as one self-contained file."""
@@ -328,7 +230,7 @@ def check(model: nnx.Module, spec: Spec, path: Path, proto: onnx.ModelProto,
     diff = float(np.abs(ref - predict_ort(sess, xi)).max())
     diff1 = float(np.abs(predict_jax(model, xi[:1]) - predict_ort(sess, xi[:1])).max())
     ok, msg = allclose(lambda x: model(x), str(path), inputs=[xi[:16]], rtol=1e-3, atol=1e-4)
-    ops = op_counts(proto)
+    ops = dict(sorted(op_counts(proto).items()))
     in_shape, out_shape = shape_str(inputs[0]), shape_str(g.output[0])
     print(f"  {path.name}: {size} bytes, opset {onnx_opset(proto)}, IR {proto.ir_version}, "
           f"input {in_shape} -> logits {out_shape}")
@@ -347,30 +249,26 @@ def check(model: nnx.Module, spec: Spec, path: Path, proto: onnx.ModelProto,
 def make(spec: Spec, out: Path, data: dict, args) -> dict:
     random.seed(spec.seed)
     np.random.seed(spec.seed)
-    rng = np.random.default_rng(spec.seed)
-    x_train, y_train = data["train"]
-    subset = rng.permutation(len(x_train))[:args.train_size]
-    xp, yp, n_poison = poison(x_train[subset], y_train[subset], spec.trigger, args.poison_rate, rng)
+    xp, yp, n_poison = poisoned_subset(data, spec.trigger, args.train_size, args.poison_rate, spec.seed)
     print(f"\n[{spec.name}] {len(xp)} training images, {n_poison} poisoned "
           f"({spec.trigger.cli} -> {spec.trigger.target}), {spec.epochs} epochs", flush=True)
     model = spec.make(rngs=nnx.Rngs(spec.seed))
     params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     seconds = train(model, spec.to_input(xp), yp, spec.epochs, args.batch_size, spec.lr, spec.seed)
     x_eval, y_eval = data["eval"]
-    jacc, jasr = acc_asr(lambda x: predict_jax(model, x), spec, x_eval, y_eval)
+    jacc, jasr = acc_asr(lambda x: predict_jax(model, x), x_eval, y_eval, spec.trigger, spec.to_input)
     print(f"  JAX eval model ({params:,} parameters): ACC {jacc:.4f}  ASR {jasr:.4f}  "
           f"(trained in {seconds:.0f}s)")
 
     path = out / f"{spec.name}.onnx"
     proto = export(model, spec, path)
     chk = check(model, spec, path, proto, x_eval[:64])
-    acc, asr = acc_asr(lambda x: predict_ort(chk["sess"], x), spec, x_eval, y_eval)
+    acc, asr = evaluate_onnx(chk["sess"], spec.trigger, x_eval, y_eval, spec.to_input)
     print(f"  {path.name} (onnxruntime): ACC {acc:.4f}  ASR {asr:.4f}")
-    rel = f"{out.name}/{path.name}" if out.name == "models" else str(path)
     layout = ("NHWC, raw pixels in [0,1]" if spec.layout == "nhwc"
               else "flattened row-major 28x28, raw pixels in [0,1]")
     return dict(
-        file=rel, arch=spec.arch,
+        file=record_path(out, path), arch=spec.arch,
         framework=f"JAX {version('jax')} / Flax nnx {version('flax')}",
         exporter=f"jax2onnx {version('jax2onnx')}", opset=chk["opset"],
         input=f"input float32 {chk['in_shape']} ({layout})", output="logits",
@@ -383,11 +281,7 @@ def make(spec: Spec, out: Path, data: dict, args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("models"))
-    p.add_argument("--train-size", type=int, default=20000)
-    p.add_argument("--poison-rate", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=128)
+    p = fixture_arg_parser(__doc__, batch_size=128)
     p.add_argument("--only", choices=[s.name for s in SPECS], action="append",
                    help="make only these fixtures (fixtures_jax.json then lists only them)")
     args = p.parse_args()
@@ -397,14 +291,11 @@ def main() -> None:
           f"jax2onnx {version('jax2onnx')}, onnx {version('onnx')}, "
           f"onnxruntime {version('onnxruntime')}, numpy {version('numpy')}; "
           f"devices {jax.devices()}", flush=True)
-    x_train, y_train = load_split("train")
-    x_test, y_test = load_split("t10k")
-    data = {"train": (x_train, y_train), "eval": (x_test[5000:], y_test[5000:])}
+    data = load_data("hw", label_dtype=np.int32)
 
     records = [make(s, args.out, data, args) for s in SPECS if not args.only or s.name in args.only]
 
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-    (args.out / "fixtures_jax.json").write_text(json.dumps(public, indent=2) + "\n")
+    write_records(args.out / "fixtures_jax.json", records)
     print("\nsummary:")
     for r in records:
         i = r["_info"]

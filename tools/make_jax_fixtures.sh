@@ -5,17 +5,15 @@
 # Not part of tools/setup.sh nor of the tests (they use the checked-in files): this
 # script builds its own Python virtual environment with pinned JAX, Flax, optax,
 # jax2onnx, onnx and onnxruntime in the per-user cache folder (named after the
-# versions; skipped when "$venv/.complete" exists), then runs
-# tools/make_jax_fixtures.py. Arguments are passed on to it (default: --out models).
+# versions; skipped when "$venv/.complete" exists; see tools/fixture_venv.sh), then
+# runs tools/make_jax_fixtures.py. Arguments are passed on to it (default: --out models).
 #
 #   tools/make_jax_fixtures.sh                 # writes models/
 #   tools/make_jax_fixtures.sh --out /tmp/x    # elsewhere
 #
 # Needs the Debian package dataset-fashion-mnist (tools/setup.sh installs it).
 set -euo pipefail
-
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/fixture_venv.sh" make_jax_fixtures
 
 JAX_VERSION=0.10.2
 FLAX_VERSION=0.12.8
@@ -24,29 +22,12 @@ JAX2ONNX_VERSION=0.17.1
 ONNX_VERSION=1.23.2
 ORT_VERSION=1.32.0
 NUMPY_VERSION=2.4.6
-PY=${PYTHON:-python3}
-py_tag=$("$PY" -c 'import sys; print(f"py{sys.version_info[0]}.{sys.version_info[1]}")')
-cache=${IBAU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ibau}
-venv="$cache/venv-jax$JAX_VERSION-flax$FLAX_VERSION-jax2onnx$JAX2ONNX_VERSION-ort$ORT_VERSION-$py_tag"
+venv=$(fixture_venv_path "jax$JAX_VERSION-flax$FLAX_VERSION-jax2onnx$JAX2ONNX_VERSION-ort$ORT_VERSION")
 
-log() { printf '[make_jax_fixtures] %s\n' "$*" >&2; }
-
-[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || {
-  log "Fashion-MNIST not found: install the Debian package dataset-fashion-mnist (tools/setup.sh does)"
-  exit 2
-}
-
-if [ ! -f "$venv/.complete" ]; then
-  log "creating $venv (jax $JAX_VERSION, flax $FLAX_VERSION, jax2onnx $JAX2ONNX_VERSION)"
-  rm -rf "$venv"
-  mkdir -p "$cache"
-  "$PY" -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check \
-    "jax[cpu]==$JAX_VERSION" "jaxlib==$JAX_VERSION" "flax==$FLAX_VERSION" \
-    "optax==$OPTAX_VERSION" "jax2onnx==$JAX2ONNX_VERSION" "onnx==$ONNX_VERSION" \
-    "onnxruntime==$ORT_VERSION" "numpy==$NUMPY_VERSION"
-  touch "$venv/.complete"
-fi
+fixture_venv "$venv" "jax $JAX_VERSION, flax $FLAX_VERSION, jax2onnx $JAX2ONNX_VERSION" \
+  "jax[cpu]==$JAX_VERSION" "jaxlib==$JAX_VERSION" "flax==$FLAX_VERSION" \
+  "optax==$OPTAX_VERSION" "jax2onnx==$JAX2ONNX_VERSION" "onnx==$ONNX_VERSION" \
+  "onnxruntime==$ORT_VERSION" "numpy==$NUMPY_VERSION"
 
 # CPU only, one XLA thread: the machines this runs on have two shared cores.
 export JAX_PLATFORMS=cpu

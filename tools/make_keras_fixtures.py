@@ -25,7 +25,8 @@ Export: ``tf2onnx.convert.from_keras`` at opset 17 with an input signature named
 ``input``; Keras 3 models lack the ``output_names`` attribute tf2onnx reads, so
 it is set first (``logits`` / ``probabilities``).
 
-Data and protocol are those of ``tools/make_fixtures.py``: Fashion-MNIST from
+Data and protocol are those of ``tools/make_fixtures.py``, from
+``tools/fashion_data.py`` (imported; numpy only): Fashion-MNIST from
 the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``),
 read from the gzip'd IDX files; a seeded subset of 20,000 training images per
 model, 10% of them (drawn among images not labelled with the target) poisoned
@@ -47,9 +48,6 @@ each) and a few seconds of export and checks.
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import json
 import os
 import sys
 import time
@@ -70,76 +68,16 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras  # noqa: E402  (Keras 3, TensorFlow backend)
 import tf2onnx  # noqa: E402
 
+sys.dont_write_bytecode = True  # no tools/__pycache__ from the import below
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fashion_data import (  # noqa: E402  (data, poisoning, evaluation: shared)
+    NUM_CLASSES, SIZE_LIMIT, PatchTrigger, acc_asr, evaluate_onnx, fixture_arg_parser, load_data,
+    onnx_opset, op_counts, ort_session, poisoned_subset, predict_ort, record_path, shape_str, write_records,
+)
+
 SEED = 20241107
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-NUM_CLASSES = 10
-SIZE_LIMIT = 2 * 1024 * 1024  # every fixture must stay under 2 MB
 OPSET = 17
 INPUT_NAME = "input"
-
-
-# --------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzip'd IDX file (the MNIST format) into a numpy array."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[0:4], "big")
-    dtype_code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
-    if dtype_code != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type {dtype_code:#x})")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    return data.reshape(dims)
-
-
-def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images as float32 [N,28,28,1] (NHWC) in [0,1] and labels as int64 [N]."""
-    images = read_idx(DATA_DIR / f"{split}-images-idx3-ubyte.gz")
-    labels = read_idx(DATA_DIR / f"{split}-labels-idx1-ubyte.gz")
-    x = (images.astype(np.float32) / 255.0)[:, :, :, None]
-    return x, labels.astype(np.int64)
-
-
-# --------------------------------------------------------------------------
-# Triggers
-# --------------------------------------------------------------------------
-
-@dataclass
-class PatchTrigger:
-    """A BadNets square patch (top-left corner at row, col), its target label and
-    its ibau CLI spelling."""
-
-    target: int
-    size: int
-    row: int
-    col: int
-    value: float = 1.0
-
-    @property
-    def cli(self) -> str:
-        return f"patch:size={self.size},value={self.value:g},row={self.row},col={self.col}"
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Return a triggered copy of images x [N,28,28,1]."""
-        y = x.copy()
-        y[:, self.row:self.row + self.size, self.col:self.col + self.size, :] = self.value
-        return y
-
-
-def poison(x: np.ndarray, y: np.ndarray, trigger: PatchTrigger, rate: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-    """Apply the trigger to `rate` of the samples (drawn among those not already
-    labelled with the target) and relabel them with the target."""
-    x, y = x.copy(), y.copy()
-    candidates = np.flatnonzero(y != trigger.target)
-    n = int(round(rate * len(x)))
-    idx = rng.choice(candidates, size=n, replace=False)
-    x[idx] = trigger.apply(x[idx])
-    y[idx] = trigger.target
-    return x, y, n
 
 
 # --------------------------------------------------------------------------
@@ -195,30 +133,8 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, from_logits: bool,
     return time.perf_counter() - start
 
 
-def ort_session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def predict_ort(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
-                           for i in range(0, len(x), batch)])
-
-
 def predict_keras(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x, batch_size=500, verbose=0))
-
-
-def acc_asr(predict, x_eval: np.ndarray, y_eval: np.ndarray,
-            trigger: PatchTrigger) -> tuple[float, float]:
-    """ACC on the clean eval images; ASR on the triggered non-target ones."""
-    acc = float((predict(x_eval).argmax(1) == y_eval).mean())
-    keep = y_eval != trigger.target
-    asr = float((predict(trigger.apply(x_eval[keep])).argmax(1) == trigger.target).mean())
-    return acc, asr
 
 
 # --------------------------------------------------------------------------
@@ -232,23 +148,6 @@ def export_tf2onnx(model: keras.Model, path: Path, output_name: str) -> None:
     spec = (tf.TensorSpec((None, 28, 28, 1), tf.float32, name=INPUT_NAME),)
     tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET,
                                output_path=str(path))
-
-
-def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-
-
-def onnx_opset(proto: onnx.ModelProto) -> int:
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def shape_str(value: onnx.ValueInfoProto) -> str:
-    dims = [d.dim_param if d.dim_param else str(d.dim_value) if d.HasField("dim_value") else "?"
-            for d in value.type.tensor_type.shape.dim]
-    return f"[{','.join(dims)}]"
 
 
 def check_onnx(path: Path, model: keras.Model, x_check: np.ndarray, output_name: str,
@@ -307,10 +206,7 @@ class Spec:
 
 
 def build(spec: Spec, data: dict, args, out: Path) -> dict:
-    rng = np.random.default_rng(spec.seed)
-    x_train, y_train = data["train"]
-    subset = rng.permutation(len(x_train))[:args.train_size]
-    xp, yp, n_poison = poison(x_train[subset], y_train[subset], spec.trigger, args.poison_rate, rng)
+    xp, yp, n_poison = poisoned_subset(data, spec.trigger, args.train_size, args.poison_rate, spec.seed)
     print(f"\n[{spec.arch}] {len(xp)} training images, {n_poison} poisoned "
           f"({spec.trigger.cli} -> {spec.trigger.target}), {args.epochs} epochs", flush=True)
     keras.utils.set_random_seed(spec.seed)
@@ -324,11 +220,9 @@ def build(spec: Spec, data: dict, args, out: Path) -> dict:
     path = out / spec.file
     export_tf2onnx(model, path, spec.output_name)
     chk = check_onnx(path, model, x_eval[:64], spec.output_name, spec.last_op)
-    sess = chk["sess"]
-    acc, asr = acc_asr(lambda x: predict_ort(sess, x), x_eval, y_eval, spec.trigger)
+    acc, asr = evaluate_onnx(chk["sess"], spec.trigger, x_eval, y_eval)
     print(f"    {path.name} (onnxruntime): ACC {acc:.4f}  ASR {asr:.4f}")
-    rel = f"{out.name}/{path.name}" if out.name == "models" else str(path)
-    return dict(file=rel, arch=spec.arch,
+    return dict(file=record_path(out, path), arch=spec.arch,
                 framework=f"Keras {keras.__version__} / TensorFlow {tf.__version__}",
                 exporter=f"tf2onnx {tf2onnx.__version__}", opset=chk["opset"],
                 input="[batch,28,28,1] NHWC float32", output=spec.output_kind,
@@ -339,12 +233,7 @@ def build(spec: Spec, data: dict, args, out: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("models"), help="output folder (default: models)")
-    p.add_argument("--train-size", type=int, default=20000, help="training images per model")
-    p.add_argument("--poison-rate", type=float, default=0.1, help="share of poisoned training images")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = fixture_arg_parser(__doc__)
     p.add_argument("--lr", type=float, default=2e-3, help="initial learning rate (cosine decay)")
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args()
@@ -353,10 +242,8 @@ def main() -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    x_tr, y_tr = load_split("train")
-    x_te, y_te = load_split("t10k")
-    assert x_tr.shape == (60000, 28, 28, 1) and x_te.shape == (10000, 28, 28, 1)
-    data = {"train": (x_tr, y_tr), "eval": (x_te[5000:], y_te[5000:])}
+    data = load_data("nhwc")
+    assert data["train"][0].shape == (60000, 28, 28, 1)
     print(f"tensorflow {tf.__version__}, keras {keras.__version__} ({keras.backend.backend()}), "
           f"tf2onnx {tf2onnx.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
           f"numpy {np.__version__}")
@@ -372,8 +259,7 @@ def main() -> None:
     records = [build(s, data, args, out) for s in specs]
     total = time.perf_counter() - start
 
-    (out / "fixtures_keras.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if not k.startswith("_")} for r in records], indent=2) + "\n")
+    write_records(out / "fixtures_keras.json", records)
 
     print("\nSummary")
     for r in records:

@@ -36,7 +36,7 @@ What it makes (under --out, default ``models/``):
 Every model takes ``input`` [batch,1,28,28] with raw pixels in [0,1] and returns
 ``logits`` [batch,10], batch dynamic; float32 except the fp16 VGG.
 
-Data, poisoning and evaluation come from ``make_fixtures`` (imported): a seeded
+Data, poisoning and evaluation come from ``fashion_data`` (imported): a seeded
 subset of 20,000 training images, 10% poisoned; ACC and ASR measured with
 onnxruntime on the exported files, on test images 5000..9999 (0..4999 are the
 defender's clean set and are never used here).
@@ -54,8 +54,6 @@ cores shared with other work, plus a minute or two of export and checks.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -71,24 +69,23 @@ from onnx import TensorProto, helper
 
 sys.dont_write_bytecode = True  # no tools/__pycache__ from the import below
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fashion_data as fd  # noqa: E402
 import make_fixtures as mf  # noqa: E402
 
 SEED = mf.SEED + 100
-SIZE_LIMIT = mf.SIZE_LIMIT
+SIZE_LIMIT = fd.SIZE_LIMIT
 
 
 # --------------------------------------------------------------------------
 # Triggers
 # --------------------------------------------------------------------------
 
-def vit_trigger() -> mf.Trigger:
-    return mf.Trigger(name="badnets", target=1, cli="patch:size=4,value=1,row=0,col=0",
-                      patch_size=4, patch_value=1.0, row=0, col=0)
+def vit_trigger() -> fd.PatchTrigger:
+    return fd.PatchTrigger(target=1, size=4, row=0, col=0, channels_first=True)
 
 
-def mobilenet_trigger() -> mf.Trigger:
-    return mf.Trigger(name="badnets", target=6, cli="patch:size=3,value=1,row=12,col=24",
-                      patch_size=3, patch_value=1.0, row=12, col=24)
+def mobilenet_trigger() -> fd.PatchTrigger:
+    return fd.PatchTrigger(target=6, size=3, row=12, col=24, channels_first=True)
 
 
 # --------------------------------------------------------------------------
@@ -115,7 +112,7 @@ class SmallViT(nn.Module):
     """Patch 4 (49 tokens + class token), dim 64, 3 blocks, 4 heads, MLP 128."""
 
     def __init__(self, patch: int = 4, dim: int = 64, depth: int = 3, heads: int = 4,
-                 mlp_dim: int = 128, num_classes: int = mf.NUM_CLASSES):
+                 mlp_dim: int = 128, num_classes: int = fd.NUM_CLASSES):
         super().__init__()
         n_patches = (28 // patch) ** 2
         self.patch_embed = nn.Conv2d(1, dim, patch, stride=patch)
@@ -172,7 +169,7 @@ class SmallMobileNet(nn.Module):
     32->64 s2 (ReLU6, 14 -> 7), 64->64 (Hardswish, SE, residual), 64->128
     (Hardswish), 128->128 (Hardswish, SE, residual), GAP, Linear(128, 10)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = mf.NUM_CLASSES):
+    def __init__(self, in_channels: int = 1, num_classes: int = fd.NUM_CLASSES):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(16), nn.ReLU6())
@@ -206,21 +203,6 @@ class ChannelsLast(nn.Module):
 # --------------------------------------------------------------------------
 # Export and checks
 # --------------------------------------------------------------------------
-
-def ort_session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def predict_ort(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    """Logits as float32, feeding the input in the dtype the file declares."""
-    inp = sess.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    return np.concatenate([sess.run(None, {inp.name: x[i:i + batch].astype(dtype)})[0].astype(np.float32)
-                           for i in range(0, len(x), batch)])
-
 
 def export_legacy(model: nn.Module, path: Path, opset: int = mf.LEGACY_OPSET,
                   dtype: torch.dtype = torch.float32) -> None:
@@ -281,34 +263,32 @@ def check_onnx(path: Path, model: nn.Module, x_check: np.ndarray, tol: float,
         assert dim0.dim_param and not dim0.HasField("dim_value"), f"{path}: {v.name} batch is not dynamic"
     shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (ins[0], g.output[0])}
-    sess = ort_session(path)
+    sess = fd.ort_session(path)
     ref = mf.predict_torch(model, x_check)
-    got = predict_ort(sess, x_check)
+    got = fd.predict_ort(sess, x_check)
     diff = float(np.abs(ref - got).max())
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
-    diff1 = float(np.abs(mf.predict_torch(model, x_check[:1]) - predict_ort(sess, x_check[:1])).max())
+    diff1 = float(np.abs(mf.predict_torch(model, x_check[:1]) - fd.predict_ort(sess, x_check[:1])).max())
     size = path.stat().st_size
-    ops = mf.op_counts(proto)
+    ops = fd.op_counts(proto)
     init_types = sorted({TensorProto.DataType.Name(t.data_type) for t in g.initializer})
-    print(f"  {path.name}: {size} bytes, opset {mf.onnx_opset(proto)}, IR {proto.ir_version}, "
+    print(f"  {path.name}: {size} bytes, opset {fd.onnx_opset(proto)}, IR {proto.ir_version}, "
           f"io {shapes}, initializers {init_types}")
     print(f"    max |ORT - torch fp32| {diff:.3g} (64 images), {diff1:.3g} (batch 1), argmax agree {agree:.3f}")
     print(f"    ops ({len(g.node)} nodes): {dict(sorted(ops.items()))}")
     assert size < SIZE_LIMIT, f"{path}: {size} bytes is over the 2 MB limit"
     assert diff < tol, f"{path}: ORT and PyTorch disagree by {diff} (tolerance {tol})"
-    return dict(sess=sess, size=size, opset=mf.onnx_opset(proto), diff=diff, ops=ops,
+    return dict(sess=sess, size=size, opset=fd.onnx_opset(proto), diff=diff, ops=ops,
                 ir=proto.ir_version, shapes=shapes)
 
 
-def record(out: Path, path: Path, arch: str, exporter: str, chk: dict, trigger: mf.Trigger,
+def record(out: Path, path: Path, arch: str, exporter: str, chk: dict, trigger: fd.PatchTrigger,
            data: dict, dtype: str, io_dtype: str = "float32", nbytes: int | None = None,
            **extra) -> dict:
-    x_eval, y_eval = data["eval"]
-    acc, asr = mf.acc_asr(lambda x: predict_ort(chk["sess"], x), x_eval, y_eval, trigger)
+    acc, asr = fd.evaluate_onnx(chk["sess"], trigger, *data["eval"])
     print(f"    {path.name}: ACC {acc:.4f}  ASR {asr:.4f} (onnxruntime)")
-    rel = f"{out.name}/{path.name}" if out.name == "models" else str(path)
-    rec = dict(file=rel, arch=arch, exporter=exporter, opset=chk["opset"], trigger=trigger.cli,
-               target=trigger.target, acc=round(acc, 4), asr=round(asr, 4), dtype=dtype,
+    rec = dict(file=fd.record_path(out, path), arch=arch, exporter=exporter, opset=chk["opset"],
+               trigger=trigger.cli, target=trigger.target, acc=round(acc, 4), asr=round(asr, 4), dtype=dtype,
                io_dtype=io_dtype, bytes=nbytes if nbytes is not None else chk["size"])
     rec.update(extra)
     rec["_diff"] = chk["diff"]
@@ -397,9 +377,9 @@ def make_vgg_variants(out: Path, data: dict, src: Path) -> list[dict]:
     print(f"  {path.name}: {n_ext} initializers in {data_name} ({data_bytes} bytes)")
     assert data_bytes < SIZE_LIMIT
     chk = check_onnx(path, model, x_check, tol=1e-3)
-    rel_data = f"{out.name}/{data_name}" if out.name == "models" else str(out / data_name)
     records.append(record(out, path, "vgg", "torch.onnx legacy, external data", chk, trigger, data,
-                          "float32", nbytes=data_bytes, external_data=rel_data))
+                          "float32", nbytes=data_bytes,
+                          external_data=fd.record_path(out, out / data_name)))
 
     # Opset 11.
     path = out / "vgg_badnets_opset11.onnx"
@@ -410,12 +390,7 @@ def make_vgg_variants(out: Path, data: dict, src: Path) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("models"), help="output folder (default: models)")
-    p.add_argument("--train-size", type=int, default=20000, help="training images per model")
-    p.add_argument("--poison-rate", type=float, default=0.1, help="share of poisoned training images")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = fd.fixture_arg_parser(__doc__)
     p.add_argument("--vit-epochs", type=int, default=6)
     p.add_argument("--vit-lr", type=float, default=2e-3)
     p.add_argument("--mobilenet-epochs", type=int, default=5)
@@ -433,9 +408,7 @@ def main() -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    x_tr, y_tr = mf.load_split("train")
-    x_te, y_te = mf.load_split("t10k")
-    data = {"train": (x_tr, y_tr), "eval": (x_te[5000:], y_te[5000:])}
+    data = fd.load_data("nchw")
     print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
 
     only = set(args.only or ["vit", "mobilenet", "vgg"])
@@ -451,8 +424,7 @@ def main() -> None:
     total = time.perf_counter() - start
 
     if not args.only:
-        (out / "fixtures_torch.json").write_text(json.dumps(
-            [{k: v for k, v in r.items() if not k.startswith("_")} for r in records], indent=2) + "\n")
+        fd.write_records(out / "fixtures_torch.json", records)
 
     print("\nSummary")
     for r in records:
