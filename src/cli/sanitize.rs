@@ -131,6 +131,10 @@ pub struct Round {
     pub round: usize,
     pub seconds: f64,
     pub perturbation_norm: f64,
+    /// Where the round's perturbation sends the first clean batch: the
+    /// majority class and its share (a backdoor's target shows up here).
+    pub perturbed_class: i64,
+    pub perturbed_share: f64,
     pub acc: Option<f64>,
     pub asr: Option<f64>,
 }
@@ -332,10 +336,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             };
             progress.suspend(|| {
                 eprintln!(
-                    "round {}: {:.1} s, perturbation norm {:.3}{}",
+                    "round {}: {:.1} s, perturbation norm {:.3} (sends {:.0}% to class {}){}",
                     stats.round,
                     stats.seconds,
                     stats.perturbation_norm,
+                    100.0 * stats.perturbed_share,
+                    stats.perturbed_class,
                     metrics
                         .map(|m| format!(
                             ", ACC {} ASR {}",
@@ -349,6 +355,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 round: stats.round,
                 seconds: stats.seconds,
                 perturbation_norm: stats.perturbation_norm,
+                perturbed_class: stats.perturbed_class,
+                perturbed_share: stats.perturbed_share,
                 acc: metrics.map(|m| m.acc),
                 asr: metrics.and_then(|m| m.asr),
             });

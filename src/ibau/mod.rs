@@ -270,6 +270,28 @@ pub struct RoundStats {
     pub round: usize,
     pub seconds: f64,
     pub perturbation_norm: f64,
+    /// The class the round's perturbation sends most clean samples of the
+    /// first batch to (before that round's unlearning), and the share sent
+    /// there: a perturbation that found a backdoor points at its target.
+    pub perturbed_class: i64,
+    pub perturbed_share: f64,
+}
+
+/// The most frequent prediction on `images + perturbation`, and its share.
+fn perturbed_majority(
+    model: &dyn Classifier,
+    images: &Tensor,
+    perturbation: &Tensor,
+) -> Result<(i64, f64), TrainError> {
+    tch::no_grad(|| {
+        let predicted = model
+            .logits(&(images + perturbation))?
+            .f_argmax(-1, false)?;
+        let counts = predicted.f_bincount::<Tensor>(None, 0)?;
+        let top = counts.f_argmax(0, false)?.int64_value(&[]);
+        let share = counts.int64_value(&[top]) as f64 / predicted.size()[0].max(1) as f64;
+        Ok((top, share))
+    })
 }
 
 /// Runs I-BAU on `model` with the clean batches; `on_step(round, batch)` is
@@ -291,6 +313,8 @@ pub fn unlearn(
     for round in 1..=config.rounds {
         let start = std::time::Instant::now();
         let perturbation = perturbation_search(model, clean, config)?;
+        let (perturbed_class, perturbed_share) =
+            perturbed_majority(model, &clean[0].images, &perturbation)?;
         for (b, batch) in clean.iter().enumerate() {
             let mask = poison_mask(&batch.images, config.poison_share)?;
             let grads = hypergradient(model, &perturbation, batch, &mask, &clean[0], config)?;
@@ -306,6 +330,8 @@ pub fn unlearn(
             round,
             seconds: start.elapsed().as_secs_f64(),
             perturbation_norm: norm,
+            perturbed_class,
+            perturbed_share,
         };
         let flow = on_round(&s)?;
         stats.push(s);
