@@ -59,6 +59,19 @@ pub struct Args {
     /// L2 radius the perturbation is projected into.
     #[arg(long, default_value_t = 10.0)]
     pub radius: f64,
+    /// Weight of ||delta||^2 in the perturbation search and the inner loss.
+    #[arg(long, default_value_t = 0.001)]
+    pub regularization: f64,
+    /// Step size of the fixed-point map delta - step * grad(inner loss).
+    #[arg(long, default_value_t = 0.1)]
+    pub inner_step: f64,
+    /// Share of each clean batch that receives the perturbation in the outer
+    /// loss (int(share * batch size) samples; the paper: 0.01, one of 100).
+    #[arg(long, default_value_t = 0.01, value_parser = unit_interval)]
+    pub poison_share: f64,
+    /// Early stop of the fixed-point iterations (||v_k - v_k-1|| below it).
+    #[arg(long, default_value_t = 1e-10)]
+    pub fixed_point_tolerance: f64,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = super::parse_device)]
     pub device: tch::Device,
@@ -146,6 +159,13 @@ pub struct Parity {
     pub passed: bool,
     pub max_abs_diff: f64,
     pub tolerance: f64,
+}
+
+fn unit_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a share between 0 and 1")),
+    }
 }
 
 fn percent(x: Option<f64>) -> String {
@@ -282,8 +302,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         perturbation_lr: args.perturbation_lr,
         perturbation_radius: args.radius,
         perturbation_steps: args.perturbation_steps,
+        regularization: args.regularization,
+        inner_step: args.inner_step,
+        poison_share: args.poison_share,
+        tolerance: args.fixed_point_tolerance,
         seed: args.seed,
-        ..Config::default()
     };
     let roles = loaded.trainable();
     eprintln!(
