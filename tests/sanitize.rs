@@ -319,3 +319,70 @@ fn every_fixture_keeps_names_nodes_opsets_and_dtypes() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Softmax outputs: the Keras fixture ends in Softmax, so I-BAU's losses use
+/// the Softmax's input; the same model with a Reshape after the Softmax hides
+/// the node, and the rows summing to one are found at run time (their log
+/// is used). Either way the report says which tensor served as logits.
+#[test]
+fn probability_outputs_are_not_used_as_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::fixture("keras_softmax.onnx");
+    let hidden = dir.path().join("softmax_then_reshape.onnx");
+    let script = "import sys, onnx\n\
+                  from onnx import helper, numpy_helper\n\
+                  import numpy as np\n\
+                  m = onnx.load(sys.argv[1])\n\
+                  g = m.graph\n\
+                  out = g.output[0].name\n\
+                  for n in g.node:\n\
+                  \x20   n.output[:] = [o + '_sm' if o == out else o for o in n.output]\n\
+                  g.initializer.append(numpy_helper.from_array(np.array([-1, 10], np.int64), 'hide_shape'))\n\
+                  g.node.append(helper.make_node('Reshape', [out + '_sm', 'hide_shape'], [out], name='hide'))\n\
+                  onnx.save(m, sys.argv[2])\n";
+    let made = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .arg(&input)
+        .arg(&hidden)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    for (model, tensor, how) in [
+        (
+            &input,
+            "keras_softmax_1/probabilities_1/BiasAdd:0",
+            "input of Softmax node",
+        ),
+        (&hidden, "probabilities", "log of graph output"),
+    ] {
+        let output = dir.path().join("out.onnx");
+        let report = dir.path().join("report.json");
+        let out = ibau(&[
+            "sanitize",
+            model.to_str().unwrap(),
+            "--clean",
+            FASHION,
+            "--clean-range",
+            "0:100",
+            "--rounds",
+            "1",
+            "--device",
+            "cpu",
+            "-o",
+            output.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(json["logits"]["tensor"], tensor, "{json}");
+        assert!(
+            json["logits"]["how"].as_str().unwrap().starts_with(how),
+            "{}",
+            json["logits"]
+        );
+        std::fs::remove_file(&output).unwrap();
+    }
+}
