@@ -9,18 +9,6 @@ use ibau::onnx::proto::{ModelProto, NodeProto, StringStringEntryProto};
 
 use crate::common::{self, ibau, stderr, stdout};
 
-fn onnx_fixtures() -> Vec<PathBuf> {
-    let mut all: Vec<PathBuf> = std::fs::read_dir(common::root().join("models"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .collect();
-    all.sort();
-    assert!(all.len() >= 5, "fixtures missing: {all:?}");
-    all
-}
-
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -128,7 +116,7 @@ fn external_data_round_trips_and_stays_external() {
 
 #[test]
 fn inspect_json_works_on_every_fixture_and_the_authors_model() {
-    let mut models = onnx_fixtures();
+    let mut models = common::onnx_fixtures();
     models.extend(common::authors_model());
     for model in models {
         let out = ibau(&["inspect", "--json", path_str(&model)]);
@@ -215,7 +203,7 @@ fn batchnorm_running_statistics_stay_frozen() {
 
 #[test]
 fn verify_passes_on_every_fixture_and_the_authors_model() {
-    let mut models = onnx_fixtures();
+    let mut models = common::onnx_fixtures();
     models.extend(common::authors_model());
     for model in models {
         let out = ibau(&["verify", "--json", path_str(&model)]);

@@ -18,6 +18,19 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("models").join(name)
 }
 
+/// Every checked-in ONNX fixture under models/, sorted.
+pub fn onnx_fixtures() -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(root().join("models"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    all.sort();
+    assert!(all.len() >= 5, "fixtures missing: {all:?}");
+    all
+}
+
 /// The I-BAU authors' poisoned CIFAR-10 model, when this checkout has the
 /// shared folder beside it.
 pub fn authors_model() -> Option<PathBuf> {

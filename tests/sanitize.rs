@@ -239,13 +239,7 @@ fn sanitize_removes_the_badnets_backdoor_within_three_rounds() {
 /// changed, and the file passes `ibau verify`.
 #[test]
 fn every_fixture_keeps_names_nodes_opsets_and_dtypes() {
-    let mut fixtures: Vec<_> = std::fs::read_dir(common::root().join("models"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .collect();
-    fixtures.sort();
+    let fixtures = common::onnx_fixtures();
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for input in &fixtures {

@@ -131,18 +131,10 @@ fn softmax_producer(model: &Model, output: &str) -> Option<(String, String)> {
                 let last =
                     axis == -1 || rank.is_some_and(|r| axis == r - 1) || (opset < 13 && axis == 1);
                 let input = node.input.first()?.clone();
-                return last.then(|| (node_name_of(node, i), input));
+                return last.then(|| (crate::graph::node_name(node.name(), i), input));
             }
             _ => return None,
         }
-    }
-}
-
-fn node_name_of(node: &crate::onnx::proto::NodeProto, index: usize) -> String {
-    if node.name().is_empty() {
-        format!("#{index}")
-    } else {
-        node.name().to_string()
     }
 }
 

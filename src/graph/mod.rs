@@ -336,7 +336,8 @@ pub fn unsupported_ops(model: &Model, registry: &Registry) -> Vec<UnsupportedOp>
     found
 }
 
-fn node_name(name: &str, index: usize) -> String {
+/// A node's name for messages, `#index` when it has none.
+pub(crate) fn node_name(name: &str, index: usize) -> String {
     if name.is_empty() {
         format!("#{index}")
     } else {
