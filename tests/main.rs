@@ -6,4 +6,5 @@ mod conformance;
 mod gradient_parity;
 mod roundtrip;
 mod sanitize;
+mod search;
 mod torchscript;

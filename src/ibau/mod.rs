@@ -11,10 +11,14 @@
 //! training behaviour (BatchNorm uses running statistics, Dropout is identity).
 
 pub mod optim;
+mod search;
 
 use tch::{Device, Kind, Reduction, Tensor};
 
 pub use optim::{Optimizer, OptimizerKind};
+pub use search::{
+    perturbation_search, project, targeted_search, Search, SearchMemory, TargetedStats,
+};
 
 /// Errors while training.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,8 @@ pub trait Classifier {
 pub struct Config {
     /// Rounds R (perturbation search + one pass of unlearning).
     pub rounds: usize,
+    /// How step 1 finds the round's perturbation.
+    pub search: Search,
     /// Fixed-point iterations K of the hypergradient.
     pub k: usize,
     /// Outer optimiser and its learning rate.
@@ -75,6 +81,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             rounds: 5,
+            search: Search::Targeted,
             k: 5,
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
@@ -111,58 +118,6 @@ fn cross_entropy(
 
 fn squared_norm(t: &Tensor) -> Result<Tensor, TrainError> {
     Ok(t.f_square()?.f_sum(t.kind())?)
-}
-
-/// Step 1: the universal perturbation for this round. Starts from zeros in the
-/// shape of one input, takes one SGD step per batch (or `steps` steps cycling
-/// over the batches) on `-CE(f(x + delta), argmax f(x)) + reg * ||delta||^2`,
-/// then projects into the L2 ball.
-pub fn perturbation_search(
-    model: &dyn Classifier,
-    batches: &[Batch],
-    config: &Config,
-) -> Result<Tensor, TrainError> {
-    let first = batches
-        .first()
-        .ok_or_else(|| TrainError::Config("the clean set is empty".into()))?;
-    let mut shape = first.images.size();
-    shape[0] = 1;
-    let delta = Tensor::f_zeros(shape.as_slice(), (model.float_kind(), model.device()))?
-        .set_requires_grad(true);
-    let steps = config.perturbation_steps.unwrap_or(batches.len());
-    for step in 0..steps {
-        let batch = &batches[step % batches.len()];
-        let pseudo_labels = tch::no_grad(|| -> Result<Tensor, TrainError> {
-            Ok(model.logits(&batch.images)?.f_argmax(-1, false)?)
-        })?;
-        let logits = model.logits(&batch.images.f_add(&delta)?)?;
-        let loss = cross_entropy(&logits, &pseudo_labels, Reduction::Mean)?
-            .f_neg()?
-            .f_add(&squared_norm(&delta)?.f_mul_scalar(config.regularization)?)?;
-        let grad = Tensor::f_run_backward(&[&loss], &[&delta], false, false)?.remove(0);
-        tch::no_grad(|| {
-            delta
-                .shallow_clone()
-                .f_sub_(&grad.f_mul_scalar(config.perturbation_lr)?)
-                .map(|_| ())
-        })?;
-    }
-    project(&delta.detach(), config.perturbation_radius)
-}
-
-/// `delta * min(1, radius / ||delta||)`.
-pub fn project(delta: &Tensor, radius: f64) -> Result<Tensor, TrainError> {
-    let norm = delta
-        .f_square()?
-        .f_sum(Kind::Double)?
-        .f_sqrt()?
-        .double_value(&[]);
-    let factor = if norm > 0.0 {
-        (radius / norm).min(1.0)
-    } else {
-        1.0
-    };
-    Ok(delta.f_mul_scalar(factor)?)
 }
 
 /// The samples of a batch that receive the perturbation: int(share * B)
@@ -275,6 +230,8 @@ pub struct RoundStats {
     /// there: a perturbation that found a backdoor points at its target.
     pub perturbed_class: i64,
     pub perturbed_share: f64,
+    /// What the targeted search found (`None` with the paper's search).
+    pub targeted: Option<TargetedStats>,
 }
 
 /// The most frequent prediction on `images + perturbation`, and its share.
@@ -310,9 +267,16 @@ pub fn unlearn(
     tch::manual_seed(config.seed);
     let mut optimizer = Optimizer::new(config.optimizer, config.lr, model.parameters())?;
     let mut stats = Vec::new();
+    let mut memory = SearchMemory::default();
     for round in 1..=config.rounds {
         let start = std::time::Instant::now();
-        let perturbation = perturbation_search(model, clean, config)?;
+        let (perturbation, targeted) = match config.search {
+            Search::Paper => (perturbation_search(model, clean, config)?, None),
+            Search::Targeted => {
+                let (delta, found) = targeted_search(model, clean, config, &mut memory)?;
+                (delta, Some(found))
+            }
+        };
         let (perturbed_class, perturbed_share) =
             perturbed_majority(model, &clean[0].images, &perturbation)?;
         for (b, batch) in clean.iter().enumerate() {
@@ -332,6 +296,7 @@ pub fn unlearn(
             perturbation_norm: norm,
             perturbed_class,
             perturbed_share,
+            targeted,
         };
         let flow = on_round(&s)?;
         stats.push(s);
