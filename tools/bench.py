@@ -78,6 +78,7 @@ def main() -> None:
         cmd = [str(binary), "sanitize", args.model, "--clean", str(FASHION_TEST),
                "--clean-range", f"0:{args.clean}", "-o", str(Path(tmp) / "cleaned.onnx"),
                "--rounds", str(args.rounds), "--batch-size", "100", "--device", "cpu",
+               "--search", "paper",  # the reference implements the paper's search
                "--report", str(report)]
         run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
         if run.returncode != 0:

@@ -4,14 +4,15 @@ For each record of models/fixtures*.json (or those whose file matches --only):
 
 1. ``ibau verify --json`` on the fixture (max abs difference to ONNX Runtime
    and tract, or why a runtime was skipped);
-2. ``ibau sanitize`` with the paper's defaults on Fashion-MNIST test images
+2. ``ibau sanitize`` with the defaults on Fashion-MNIST test images
    0..4999 as the clean set, ACC/ASR measured on 5000..9999 with the
    fixture's trigger and target, up to ``--rounds`` rounds, stopping after the
    first round with ASR below ``--stop-below-asr``; no layout flag;
 3. ``ibau verify --json`` on the written file.
 
 Prints a Markdown table (framework, exporter, opset, trainable share, ACC/ASR
-before and after, rounds, seconds per round, verify differences) and writes
+before and after, rounds, the class the targeted search unlearned next to the
+fixture's target, seconds per round, verify differences) and writes
 every report to ``--out`` (default /tmp/ibau-efficacy). Only the standard
 library is needed::
 
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stop-below-asr", type=float, default=0.2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--search", default=None, help="passed on as sanitize --search (default: sanitize's)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/ibau-efficacy"))
     args = parser.parse_args()
 
@@ -90,6 +92,8 @@ def main() -> int:
             "--seed", "0", "--device", args.device,
             "-o", str(output), "--report", str(report_path),
         ]
+        if args.search:
+            cmd += ["--search", args.search]
         print(f"[efficacy] {fx['file']}", file=sys.stderr, flush=True)
         start = time.time()
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -102,22 +106,27 @@ def main() -> int:
         rows.append((fx, report, before_verify, after_verify))
         print(f"[efficacy] {fx['file']}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
 
-    print("| file | framework | exporter | opset | trainable | ACC before → after | ASR before → after | rounds | s/round | verify before | verify after |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| file | framework | exporter | opset | trainable | ACC before → after | ASR before → after | rounds | unlearned class (target) | s/round | verify before | verify after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for fx, report, vb, va in rows:
         if report is None:
-            print(f"| {fx['file']} | {fx['framework']} | {fx['exporter']} | {fx.get('opset')} | | | | | | {vb} | {va} |")
+            print(f"| {fx['file']} | {fx['framework']} | {fx['exporter']} | {fx.get('opset')} | | | | | | | {vb} | {va} |")
             continue
         b, a = report["before"], report["after"]
         rounds = report["rounds"]
         per_round = sum(r["seconds"] for r in rounds) / max(len(rounds), 1)
         asr_path = " / ".join(f"{100 * r['asr']:.1f}" for r in rounds)
+        first = (rounds[0].get("targeted") or {}) if rounds else {}
+        unlearned = (
+            f"{first['class']} ({fx['target']}); radius {first['radius']:.2f} vs median {first['median_radius']:.2f}"
+            if first else f"paper search ({fx['target']})"
+        )
         print(
             f"| {Path(fx['file']).name} | {fx['framework']} | {fx['exporter']} | {fx.get('opset') or '-'} "
             f"| {100 * report['trainable']['share']:.0f}% ({report['trainable']['tensors']}) "
             f"| {100 * b['acc']:.2f} → {100 * a['acc']:.2f} "
             f"| {100 * b['asr']:.2f} → {100 * a['asr']:.2f} ({asr_path}) "
-            f"| {len(rounds)} | {per_round:.0f} | {vb} | {va} |"
+            f"| {len(rounds)} | {unlearned} | {per_round:.0f} | {vb} | {va} |"
         )
     return 0
 

@@ -23,7 +23,8 @@ use super::{cross_entropy, squared_norm, Batch, Classifier, Config, TrainError};
 pub enum Search {
     /// The paper's untargeted universal perturbation.
     Paper,
-    /// Per-class smallest perturbations; the most anomalous class is unlearned.
+    /// Per-class smallest perturbations; the class easiest to reach in the
+    /// first round (a backdoor's target) is unlearned in every round.
     Targeted,
 }
 
