@@ -7,6 +7,10 @@
 //! from K fixed-point iterations of vector-Jacobian products through a
 //! differentiable gradient step of the inner loss (double backward).
 //!
+//! That is `Search::Paper`. ibau's default, `Search::Targeted` (see
+//! `search.rs`), replaces step (1) by per-class smallest perturbations and
+//! guards the fixed-point iterations against divergence; step (2) is the same.
+//!
 //! The model stays in inference mode throughout: the imported graph has no
 //! training behaviour (BatchNorm uses running statistics, Dropout is identity).
 
@@ -142,7 +146,9 @@ pub fn poison_mask(images: &Tensor, share: f64) -> Result<Tensor, TrainError> {
 /// outer batch: `grad_theta L1 + J_theta(Phi)^T v_K`, where
 /// `v_k = J_delta(Phi)^T v_{k-1} + grad_delta L1` and
 /// `Phi(delta) = delta - inner_step * grad_delta L2(delta)` (built with
-/// create_graph, so the Jacobian products are second derivatives).
+/// create_graph, so the Jacobian products are second derivatives). With the
+/// targeted search the iterations also stop once their increments grow (the
+/// series diverges); with the paper's search they run as published.
 ///
 /// `mask` is `[B, 1, ...]` with ones on the samples that receive `delta`.
 pub fn hypergradient(
