@@ -14,7 +14,7 @@ use std::process::Command;
 use ibau::cli::pipeline::{load_classifier, GraphClassifier};
 use ibau::graph::ImportOptions;
 use ibau::ibau::{
-    hypergradient, perturbation_search, Batch, Classifier, Config, Optimizer, OptimizerKind,
+    hypergradient, perturbation_search, Batch, Classifier, Config, Optimizer, OptimizerKind, Search,
 };
 use tch::{Kind, Tensor};
 
@@ -204,7 +204,12 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
     // the strict check is against the reference computing BatchNorm by the
     // ONNX formula, as our importer does; against stock PyTorch (fused
     // BatchNorm) the difference is reported and only bounded.
-    let config = Config::default();
+    // The paper's algorithm: its search, and its K fixed-point iterations
+    // without the targeted search's divergence guard.
+    let config = Config {
+        search: Search::Paper,
+        ..Config::default()
+    };
     let perturbations = &reference.manifest["perturbation"];
     let delta = perturbation_search(&model, &batches, &config).expect("perturbation search");
     cmp.add(
@@ -236,6 +241,7 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
         &reference.tensor(&perturbations["jittered"]["file"]),
     );
     let four = Config {
+        search: Search::Paper,
         perturbation_steps: Some(4),
         ..Config::default()
     };

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use ibau::cli::pipeline::{load_classifier, LoadedModel};
 use ibau::graph::ImportOptions;
-use ibau::ibau::{hypergradient, perturbation_search, Batch, Classifier, Config};
+use ibau::ibau::{hypergradient, perturbation_search, Batch, Classifier, Config, Search};
 use tch::{Device, Kind, Tensor};
 
 use crate::common::{self, ibau, stderr, stdout};
@@ -145,7 +145,10 @@ fn torchscript_back_end_agrees_with_the_onnx_export() {
     let diff = (&a - &b).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "logits differ by {diff}");
 
-    let config = Config::default();
+    let config = Config {
+        search: Search::Paper,
+        ..Config::default()
+    };
     let mask = Tensor::zeros([100, 1, 1, 1], (Kind::Float, Device::Cpu));
     let _ = mask.narrow(0, 7, 1).fill_(1.0);
     let delta_ts = perturbation_search(&ts, &batches, &config).unwrap();
