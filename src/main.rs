@@ -24,8 +24,21 @@ fn main() -> ExitCode {
     match ibau::cli::run(cli) {
         Ok(outcome) => ExitCode::from(outcome as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", without_backtrace(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
+}
+
+/// libtorch appends a C++ backtrace to its error messages ("Exception raised
+/// from ...", then "frame #N: ..." lines); the user needs the message only.
+fn without_backtrace(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            !(l.starts_with("Exception raised from") || l.starts_with("frame #"))
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

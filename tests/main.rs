@@ -1,5 +1,6 @@
 //! Integration tests: one binary made of modules.
 
+mod batch;
 mod cli;
 mod common;
 mod conformance;

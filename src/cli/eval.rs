@@ -48,6 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         ..Default::default()
     };
     let model = LoadedModel::load(&args.model, &options)?;
+    if let Some(note) = model.batch_note() {
+        eprintln!("batch: {note}");
+    }
     let data = pipeline::load_data(&args.data, args.range.as_deref())?;
     let map = InputMap::new(&model, &args.preprocess, &data)?;
     let test = TestSet {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{self, Dataset, Layout, Trigger};
-use crate::graph::{ops::Registry, Graph, ImportOptions, ValueInfo};
+use crate::graph::{ops::Registry, rebatch, Graph, ImportOptions, ValueInfo};
 use crate::ibau::{Classifier, TrainError};
 use crate::onnx::Model;
 use crate::torchscript::{self, FileKind, TorchScript};
@@ -49,15 +49,23 @@ pub struct GraphClassifier {
     /// Take the log of that output (it holds probabilities).
     pub log: bool,
     pub logits: LogitsSource,
+    /// The batch size the file fixes on its input (ONNX Runtime takes only
+    /// that many samples per run).
+    pub fixed_batch: Option<i64>,
+    /// The imported graph also takes only `fixed_batch` samples per run:
+    /// other batch sizes run in chunks of it.
+    pub chunked: bool,
+    /// How a fixed batch size is handled, for the user.
+    pub batch_note: Option<String>,
 }
 
 impl Classifier for GraphClassifier {
     fn logits(&self, x: &Tensor) -> Result<Tensor, TrainError> {
-        let mut outputs = self
-            .graph
-            .forward(std::slice::from_ref(x))
-            .map_err(|e| TrainError::Model(e.to_string()))?;
-        let out = outputs.swap_remove(self.output);
+        let n = x.size().first().copied().unwrap_or(0);
+        let out = match self.fixed_batch {
+            Some(b) if self.chunked && n != b && n > 0 => self.forward_in_chunks(x, b)?,
+            _ => self.forward(x)?,
+        };
         if self.log {
             Ok(out.f_clamp_min(1e-30)?.f_log()?)
         } else {
@@ -76,6 +84,25 @@ impl Classifier for GraphClassifier {
 }
 
 impl GraphClassifier {
+    /// The logits tensor of one graph run.
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        let mut outputs = self
+            .graph
+            .forward(std::slice::from_ref(x))
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        Ok(outputs.swap_remove(self.output))
+    }
+
+    /// Runs a batch of any size through a graph that only takes `b` samples,
+    /// chunk by chunk (see [`fixed_batch_chunks`]); differentiable like one run.
+    fn forward_in_chunks(&self, x: &Tensor, b: i64) -> Result<Tensor, TrainError> {
+        let outs = fixed_batch_chunks(x, b)?
+            .into_iter()
+            .map(|(chunk, len)| Ok(self.forward(&chunk)?.f_narrow(0, 0, len)?))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        Ok(Tensor::f_cat(&outs, 0)?)
+    }
+
     /// Runs `x` through the model; when the logits come straight from a graph
     /// output whose rows are probabilities (in [0, 1], summing to one), the
     /// classifier switches to their log and says so.
@@ -100,6 +127,27 @@ impl GraphClassifier {
         }
         Ok(())
     }
+}
+
+/// `x` cut along its first axis into chunks of `b` samples, the last one
+/// padded with zeros to `b`; each with the number of real samples in it.
+pub fn fixed_batch_chunks(x: &Tensor, b: i64) -> Result<Vec<(Tensor, i64)>, tch::TchError> {
+    let n = x.size().first().copied().unwrap_or(0);
+    let mut chunks = Vec::with_capacity(((n + b - 1) / b.max(1)) as usize);
+    let mut start = 0;
+    while start < n {
+        let len = b.min(n - start);
+        let mut chunk = x.f_narrow(0, start, len)?;
+        if len < b {
+            let mut pad_shape = x.size();
+            pad_shape[0] = b - len;
+            let pad = Tensor::f_zeros(pad_shape.as_slice(), (x.kind(), x.device()))?;
+            chunk = Tensor::f_cat(&[chunk, pad], 0)?;
+        }
+        chunks.push((chunk, len));
+        start += len;
+    }
+    Ok(chunks)
 }
 
 /// The Softmax that makes graph output `output` (through Identity nodes),
@@ -138,6 +186,104 @@ fn softmax_producer(model: &Model, output: &str) -> Option<(String, String)> {
     }
 }
 
+/// How an import handles a batch size fixed by the file.
+#[derive(Default)]
+struct FixedBatch {
+    size: Option<i64>,
+    chunked: bool,
+    note: Option<String>,
+}
+
+/// Imports a model whose input fixes the batch to `b`: the copy made by
+/// [`rebatch::free_batch`] when it computes, on a random probe of `2b + 1`
+/// samples, what runs of `b` samples compute; otherwise the file as it is,
+/// run in chunks of `b` (correct, slower).
+fn import_fixed_batch(
+    model: &Model,
+    b: i64,
+    options: &ImportOptions,
+) -> anyhow::Result<(Graph, FixedBatch)> {
+    let registry = Registry::standard();
+    let declared = ValueInfo::from_proto(&model.graph().input[0]);
+    let rest: Option<Vec<i64>> = declared.shape.as_ref().and_then(|dims| {
+        dims[1..]
+            .iter()
+            .map(|d| match d {
+                crate::graph::Dim::Fixed(n) if *n > 0 => Some(*n),
+                _ => None,
+            })
+            .collect()
+    });
+    let tolerance = Graph::default_tolerance(model).0;
+    let free = |rest: &[i64]| -> anyhow::Result<Option<(Graph, usize, f64)>> {
+        let Some(rebatched) = rebatch::free_batch(model, b)? else {
+            return Ok(None);
+        };
+        let Ok(graph) = Graph::import(&rebatched.model, &registry, options) else {
+            return Ok(None);
+        };
+        let mut shape = vec![2 * b + 1];
+        shape.extend_from_slice(rest);
+        let probe = Tensor::f_rand(shape.as_slice(), (Kind::Float, options.device))?;
+        let check = || -> anyhow::Result<f64> {
+            tch::no_grad(|| {
+                let whole = graph.forward(std::slice::from_ref(&probe))?;
+                let mut worst = 0f64;
+                for (k, out) in whole.iter().enumerate() {
+                    let parts = fixed_batch_chunks(&probe, b)?
+                        .into_iter()
+                        .map(|(chunk, len)| {
+                            let mut outs = graph.forward(&[chunk])?;
+                            Ok(outs.swap_remove(k).f_narrow(0, 0, len)?)
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let parts = Tensor::f_cat(&parts, 0)?;
+                    let diff = (out.f_to_kind(Kind::Double)? - parts.f_to_kind(Kind::Double)?)
+                        .f_abs()?
+                        .f_max()?
+                        .double_value(&[]);
+                    let scale = parts.f_abs()?.f_max()?.double_value(&[]).max(1.0);
+                    worst = worst.max(diff / scale);
+                }
+                Ok(worst)
+            })
+        };
+        Ok(check().ok().map(|worst| (graph, rebatched.reshapes, worst)))
+    };
+    if let Some(rest) = &rest {
+        if let Some((graph, reshapes, worst)) = free(rest)? {
+            if worst <= tolerance {
+                let note = format!(
+                    "the file fixes the batch to {b}; ibau runs any batch size after making \
+                     {reshapes} Reshape target{} follow the batch (checked against runs of {b}: \
+                     relative difference {worst:.1e})",
+                    if reshapes == 1 { "" } else { "s" }
+                );
+                return Ok((
+                    graph,
+                    FixedBatch {
+                        size: Some(b),
+                        chunked: false,
+                        note: Some(note),
+                    },
+                ));
+            }
+        }
+    }
+    let graph = Graph::import(model, &registry, options)?;
+    Ok((
+        graph,
+        FixedBatch {
+            size: Some(b),
+            chunked: true,
+            note: Some(format!(
+                "the file fixes the batch to {b}; ibau runs it {b} sample{} at a time (slower)",
+                if b == 1 { "" } else { "s" }
+            )),
+        },
+    ))
+}
+
 /// Loads and imports `path` for `device`.
 pub fn load_classifier(
     path: &Path,
@@ -151,7 +297,7 @@ pub fn load_classifier(
         .map(|o| o.name().to_string())
         .with_context(|| format!("`{}` has no graph outputs", path.display()))?;
     let softmax = softmax_producer(&model, &first_output);
-    let graph = {
+    let (graph, batch) = {
         let with_logits;
         let import = match &softmax {
             Some((_, input)) => {
@@ -170,8 +316,16 @@ pub fn load_classifier(
             }
             None => &model,
         };
-        Graph::import(import, &Registry::standard(), options)
-            .with_context(|| format!("importing `{}`", path.display()))?
+        let fixed_batch = model.graph().input.first().and_then(rebatch::fixed_batch);
+        match fixed_batch {
+            Some(b) => import_fixed_batch(import, b, options)
+                .with_context(|| format!("importing `{}`", path.display()))?,
+            None => (
+                Graph::import(import, &Registry::standard(), options)
+                    .with_context(|| format!("importing `{}`", path.display()))?,
+                FixedBatch::default(),
+            ),
+        }
     };
     if graph.inputs.len() != 1 {
         anyhow::bail!(
@@ -209,6 +363,9 @@ pub fn load_classifier(
             output,
             log: false,
             logits,
+            fixed_batch: batch.size,
+            chunked: batch.chunked,
+            batch_note: batch.note,
         },
     ))
 }
@@ -340,6 +497,14 @@ impl LoadedModel {
                 tensor: "forward()".into(),
                 how: "module output".into(),
             },
+        }
+    }
+
+    /// How a batch size fixed by the file is handled (ONNX models only).
+    pub fn batch_note(&self) -> Option<String> {
+        match self {
+            LoadedModel::Onnx { model, .. } => model.batch_note.clone(),
+            LoadedModel::TorchScript(_) => None,
         }
     }
 

@@ -138,6 +138,10 @@ pub struct Report {
     pub trainable: Trainable,
     /// The tensor I-BAU's losses used as logits.
     pub logits: pipeline::LogitsSource,
+    /// How a batch size fixed by the file was handled (absent when the
+    /// file's batch axis is dynamic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
     pub config: Config,
     pub before: Option<Metrics>,
     pub after: Option<Metrics>,
@@ -233,6 +237,23 @@ fn onnx_parity(
     tolerance: f64,
 ) -> Result<Parity, String> {
     let mut session = OrtSession::open(path).map_err(|e| e.to_string())?;
+    // A file with a fixed batch size takes batches of that size only.
+    let chunked;
+    let inputs = match model.fixed_batch {
+        Some(b) => {
+            chunked = inputs
+                .iter()
+                .map(|x| pipeline::fixed_batch_chunks(x, b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .flatten()
+                .map(|(chunk, _)| chunk)
+                .collect::<Vec<_>>();
+            chunked.as_slice()
+        }
+        None => inputs,
+    };
     compare_runs("onnxruntime", path, inputs, tolerance, |x| {
         let ours = tch::no_grad(|| model.graph.forward(std::slice::from_ref(x)))
             .map_err(|e| e.to_string())?;
@@ -340,6 +361,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 
     if logits.how != "graph output" && logits.how != "module output" {
         eprintln!("logits: `{}`, the {}", logits.tensor, logits.how);
+    }
+    let batch_note = loaded.batch_note();
+    if let Some(note) = &batch_note {
+        eprintln!("batch: {note}");
     }
     let before = test
         .as_ref()
@@ -499,6 +524,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             share: roles.share,
         },
         logits,
+        batch: batch_note,
         config,
         before,
         after,

@@ -8,6 +8,7 @@
 //! autograd can differentiate the result twice.
 
 pub mod ops;
+pub mod rebatch;
 
 use std::collections::{HashMap, HashSet};
 

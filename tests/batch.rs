@@ -1,0 +1,156 @@
+//! Models whose file fixes the batch size (`torch.onnx.export` with its
+//! defaults): `vgg_badnets_batch1.onnx` is the VGG of the other `vgg_badnets_*`
+//! fixtures exported that way (tools/make_fixed_batch_fixture.py).
+
+use prost::Message;
+use tch::{Device, Kind, Tensor};
+
+use ibau::cli::pipeline::load_classifier;
+use ibau::graph::{rebatch, ImportOptions};
+use ibau::ibau::Classifier;
+use ibau::onnx::proto::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto};
+
+use crate::common::{self, ibau, stderr, stdout};
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+
+fn eval_json(model: &std::path::Path) -> (serde_json::Value, String) {
+    let out = ibau(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--data",
+        FASHION,
+        "--range",
+        "5000:5600",
+        "--trigger",
+        "patch:size=3,value=1,row=24,col=24",
+        "--target",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (serde_json::from_str(&stdout(&out)).unwrap(), stderr(&out))
+}
+
+/// The batch-1 export gives the same ACC and ASR as the dynamic-batch export
+/// of the same weights, in batches of 500, and says how it got there.
+#[test]
+fn a_model_exported_for_batch_one_evaluates_like_the_dynamic_export() {
+    let (fixed, note) = eval_json(&common::fixture("vgg_badnets_batch1.onnx"));
+    let (dynamic, _) = eval_json(&common::fixture("vgg_badnets_dynamo.onnx"));
+    assert_eq!(fixed["acc"], dynamic["acc"]);
+    assert_eq!(fixed["asr"], dynamic["asr"]);
+    assert!(fixed["asr"].as_f64().unwrap() > 0.9, "{fixed}");
+    assert!(
+        note.contains("fixes the batch to 1") && note.contains("1 Reshape target follow"),
+        "{note}"
+    );
+}
+
+/// The rewrite for import: the input's batch axis becomes symbolic, the one
+/// Reshape target `[1, 1152]` becomes `[0, 1152]` without `allowzero`; the
+/// model it was made from is not touched.
+#[test]
+fn free_batch_rewrites_a_copy_of_the_reshape_target() {
+    let model = ibau::onnx::Model::load(common::fixture("vgg_badnets_batch1.onnx")).unwrap();
+    let before = model.proto.encode_to_vec();
+    assert_eq!(rebatch::fixed_batch(&model.graph().input[0]), Some(1));
+    let freed = rebatch::free_batch(&model, 1)
+        .unwrap()
+        .expect("batch 1 is fixed");
+    assert_eq!(freed.reshapes, 1);
+    assert_eq!(
+        model.proto.encode_to_vec(),
+        before,
+        "the original is unchanged"
+    );
+    let graph = freed.model.graph();
+    assert_eq!(rebatch::fixed_batch(&graph.input[0]), None);
+    let Some(type_proto::Value::TensorType(t)) =
+        graph.input[0].r#type.as_ref().unwrap().value.as_ref()
+    else {
+        panic!("tensor input")
+    };
+    assert!(matches!(
+        t.shape.as_ref().unwrap().dim[0].value,
+        Some(DimValue::DimParam(_))
+    ));
+    let reshape = graph
+        .node
+        .iter()
+        .find(|n| n.op_type() == "Reshape")
+        .unwrap();
+    assert!(reshape.attribute.iter().all(|a| a.name() != "allowzero"));
+    // A batch the file does not declare is not rewritten.
+    assert!(rebatch::free_batch(&model, 2).unwrap().is_none());
+}
+
+/// The fallback for graphs the rewrite cannot free: runs of `b` samples,
+/// the last one padded, give what one run of the whole batch gives.
+#[test]
+fn chunked_runs_match_one_run() {
+    let options = ImportOptions {
+        device: Device::Cpu,
+        ..Default::default()
+    };
+    let (_, mut model) =
+        load_classifier(&common::fixture("vgg_badnets_legacy.onnx"), &options).unwrap();
+    assert_eq!(
+        model.fixed_batch, None,
+        "the legacy export has a dynamic batch"
+    );
+    tch::manual_seed(0);
+    let x = Tensor::rand([7, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let whole = tch::no_grad(|| model.logits(&x)).unwrap();
+    model.fixed_batch = Some(3);
+    model.chunked = true;
+    let chunks = ibau::cli::pipeline::fixed_batch_chunks(&x, 3).unwrap();
+    assert_eq!(
+        chunks
+            .iter()
+            .map(|(c, n)| (c.size()[0], *n))
+            .collect::<Vec<_>>(),
+        [(3, 3), (3, 3), (3, 1)]
+    );
+    let chunked = tch::no_grad(|| model.logits(&x)).unwrap();
+    assert_eq!(chunked.size(), [7, 10]);
+    let diff = (whole - chunked).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "{diff}");
+}
+
+/// A file whose declared batch contradicts its own Reshape target fails with
+/// one line naming the node, not libtorch's C++ backtrace.
+#[test]
+fn a_torch_error_inside_a_node_is_one_line_naming_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::fixture("vgg_badnets_batch1.onnx")).unwrap();
+    let mut proto = ModelProto::decode(bytes.as_slice()).unwrap();
+    let input = &mut proto.graph.as_mut().unwrap().input[0];
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut()
+    else {
+        panic!("tensor input")
+    };
+    t.shape.as_mut().unwrap().dim[0].value = Some(DimValue::DimValue(2));
+    let path = dir.path().join("batch2.onnx");
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    let out = ibau(&[
+        "eval",
+        path.to_str().unwrap(),
+        "--data",
+        FASHION,
+        "--range",
+        "0:10",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    // The note on how the batch is run, then the error on one line.
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("batch: "), "{err}");
+    assert!(lines[1].starts_with("error: "), "{err}");
+    assert!(
+        lines[1].contains("node_view") && lines[1].contains("Reshape"),
+        "{err}"
+    );
+    assert!(!err.contains("frame #"), "{err}");
+}
