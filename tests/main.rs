@@ -1,6 +1,5 @@
 //! Integration tests: one binary made of modules.
 
-mod batch;
 mod cli;
 mod common;
 mod conformance;
@@ -8,4 +7,5 @@ mod gradient_parity;
 mod roundtrip;
 mod sanitize;
 mod search;
+mod shapes;
 mod torchscript;

@@ -66,6 +66,7 @@ impl Classifier for GraphClassifier {
             Some(b) if self.chunked && n != b && n > 0 => self.forward_in_chunks(x, b)?,
             _ => self.forward(x)?,
         };
+        let out = class_scores(out, &self.logits.tensor)?;
         if self.log {
             Ok(out.f_clamp_min(1e-30)?.f_log()?)
         } else {
@@ -127,6 +128,25 @@ impl GraphClassifier {
         }
         Ok(())
     }
+}
+
+/// Per-sample class scores as `[N, classes]`: outputs such as `[N, classes,
+/// 1, 1]` (a 1x1 convolution head without Flatten) or `[N, 1, classes]` are
+/// reshaped; any other shape is an error naming the tensor.
+fn class_scores(out: Tensor, name: &str) -> Result<Tensor, TrainError> {
+    let dims = out.size();
+    if dims.len() == 2 {
+        return Ok(out);
+    }
+    let rest = dims.get(1..).unwrap_or_default();
+    let classes: i64 = rest.iter().product();
+    if dims.len() > 2 && rest.iter().filter(|&&d| d != 1).count() <= 1 {
+        return Ok(out.f_reshape([dims[0], classes])?);
+    }
+    Err(TrainError::Model(format!(
+        "the logits tensor `{name}` has shape {dims:?}; ibau needs one row of class scores \
+         per sample ([N, classes], or [N, classes, 1, 1] and the like)"
+    )))
 }
 
 /// `x` cut along its first axis into chunks of `b` samples, the last one

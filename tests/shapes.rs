@@ -1,6 +1,7 @@
-//! Models whose file fixes the batch size (`torch.onnx.export` with its
-//! defaults): `vgg_badnets_batch1.onnx` is the VGG of the other `vgg_badnets_*`
-//! fixtures exported that way (tools/make_fixed_batch_fixture.py).
+//! Shapes other than `[N, C, H, W] -> [N, classes]`: files whose batch size is
+//! fixed (`torch.onnx.export` with its defaults: `vgg_badnets_batch1.onnx` is
+//! the VGG of the other `vgg_badnets_*` fixtures exported that way, by
+//! tools/make_fixed_batch_fixture.py), and logits shaped `[N, classes, 1, 1]`.
 
 use prost::Message;
 use tch::{Device, Kind, Tensor};
@@ -8,20 +9,27 @@ use tch::{Device, Kind, Tensor};
 use ibau::cli::pipeline::load_classifier;
 use ibau::graph::{rebatch, ImportOptions};
 use ibau::ibau::Classifier;
-use ibau::onnx::proto::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto};
+use ibau::onnx::proto::{
+    tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, NodeProto,
+    TensorProto, ValueInfoProto,
+};
 
 use crate::common::{self, ibau, stderr, stdout};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
 
 fn eval_json(model: &std::path::Path) -> (serde_json::Value, String) {
+    eval_json_range(model, "5000:5600")
+}
+
+fn eval_json_range(model: &std::path::Path, range: &str) -> (serde_json::Value, String) {
     let out = ibau(&[
         "eval",
         model.to_str().unwrap(),
         "--data",
         FASHION,
         "--range",
-        "5000:5600",
+        range,
         "--trigger",
         "patch:size=3,value=1,row=24,col=24",
         "--target",
@@ -153,4 +161,39 @@ fn a_torch_error_inside_a_node_is_one_line_naming_the_node() {
         "{err}"
     );
     assert!(!err.contains("frame #"), "{err}");
+}
+
+/// A head that ends in a 1x1 convolution without Flatten gives logits
+/// `[N, classes, 1, 1]`: the VGG with its output reshaped that way evaluates
+/// like the VGG (it used to report an ACC of thousands of percent).
+#[test]
+fn logits_with_trailing_unit_axes_are_class_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::fixture("vgg_badnets_legacy.onnx")).unwrap();
+    let mut proto = ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let logits = graph.output[0].name().to_string();
+    graph.initializer.push(TensorProto {
+        name: Some("shape_n_10_1_1".into()),
+        data_type: Some(7),
+        dims: vec![4],
+        int64_data: vec![0, 10, 1, 1],
+        ..Default::default()
+    });
+    graph.node.push(NodeProto {
+        name: Some("to_4d".into()),
+        op_type: Some("Reshape".into()),
+        input: vec![logits, "shape_n_10_1_1".into()],
+        output: vec!["logits_4d".into()],
+        ..Default::default()
+    });
+    graph.output = vec![ValueInfoProto {
+        name: Some("logits_4d".into()),
+        ..Default::default()
+    }];
+    let path = dir.path().join("vgg_4d.onnx");
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    let (four, _) = eval_json_range(&path, "5000:5300");
+    let (two, _) = eval_json_range(&common::fixture("vgg_badnets_legacy.onnx"), "5000:5300");
+    assert_eq!(four, two);
 }
