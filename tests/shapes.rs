@@ -1,7 +1,8 @@
 //! Shapes other than `[N, C, H, W] -> [N, classes]`: files whose batch size is
 //! fixed (`torch.onnx.export` with its defaults: `vgg_badnets_batch1.onnx` is
 //! the VGG of the other `vgg_badnets_*` fixtures exported that way, by
-//! tools/make_fixed_batch_fixture.py), and logits shaped `[N, classes, 1, 1]`.
+//! tools/make_fixed_batch_fixture.py), images without a channel axis
+//! (`[N, 28, 28]`), and logits shaped `[N, classes, 1, 1]`.
 
 use prost::Message;
 use tch::{Device, Kind, Tensor};
@@ -196,4 +197,70 @@ fn logits_with_trailing_unit_axes_are_class_scores() {
     let (four, _) = eval_json_range(&path, "5000:5300");
     let (two, _) = eval_json_range(&common::fixture("vgg_badnets_legacy.onnx"), "5000:5300");
     assert_eq!(four, two);
+}
+
+/// A model whose input is `[N, 28, 28]` (Keras's `Flatten(input_shape=(28,
+/// 28))` first layer) takes one-channel images without a channel axis, with
+/// no layout flag: the JAX MLP behind a Reshape from `[N, 28, 28]` to its
+/// `[N, 784]` input evaluates like the JAX MLP.
+#[test]
+fn a_model_without_a_channel_axis_takes_images_as_hw() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::fixture("jax_mlp.onnx")).unwrap();
+    let mut proto = ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let flat = graph.input[0].name().to_string();
+    let mut image = graph.input[0].clone();
+    image.name = Some("image".into());
+    let Some(type_proto::Value::TensorType(t)) = image.r#type.as_mut().unwrap().value.as_mut()
+    else {
+        panic!("tensor input")
+    };
+    let dims = &mut t.shape.as_mut().unwrap().dim;
+    dims.truncate(1);
+    for _ in 0..2 {
+        let mut d = dims[0].clone();
+        d.value = Some(DimValue::DimValue(28));
+        dims.push(d);
+    }
+    graph.input = vec![image];
+    graph.initializer.push(TensorProto {
+        name: Some("shape_n_784".into()),
+        data_type: Some(7),
+        dims: vec![2],
+        int64_data: vec![0, 784],
+        ..Default::default()
+    });
+    graph.node.insert(
+        0,
+        NodeProto {
+            name: Some("flatten_image".into()),
+            op_type: Some("Reshape".into()),
+            input: vec!["image".into(), "shape_n_784".into()],
+            output: vec![flat],
+            ..Default::default()
+        },
+    );
+    let path = dir.path().join("mlp_hw.onnx");
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    let run = |model: &std::path::Path| {
+        let out = ibau(&[
+            "eval",
+            model.to_str().unwrap(),
+            "--data",
+            FASHION,
+            "--range",
+            "5000:5300",
+            "--trigger",
+            "patch:size=4,value=1,row=12,col=12",
+            "--target",
+            "8",
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
+    };
+    let hw = run(&path);
+    assert_eq!(hw, run(&common::fixture("jax_mlp.onnx")));
+    assert!(hw["asr"].as_f64().unwrap() > 0.8, "{hw}");
 }

@@ -17,7 +17,7 @@ use crate::torchscript::{self, FileKind, TorchScript};
 pub struct Preprocess {
     /// How images map onto the model input; by default the one layout that
     /// fits the model's declared input shape.
-    #[arg(long, value_name = "nchw|nhwc|flat")]
+    #[arg(long, value_name = "nchw|nhwc|flat|hw")]
     pub layout: Option<Layout>,
     /// Per-channel mean subtracted after scaling to [0,1] (e.g. 0.5 or 0.49,0.48,0.45).
     #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "M[,M..]")]
@@ -596,7 +596,9 @@ fn probe_input(
     };
     let candidates = match forced {
         Some(l) => vec![l],
-        None => Layout::ALL.to_vec(),
+        // Without a declared shape, [N, H, W] is only tried when asked for:
+        // convolutions take an unbatched [C, H, W] and could seem to fit.
+        None => vec![Layout::Nchw, Layout::Nhwc, Layout::Flat],
     };
     let mut fitting = Vec::new();
     for layout in candidates {

@@ -1,5 +1,5 @@
 //! Mapping images onto a model's input: per-channel normalisation, then the
-//! layout the model declares (NCHW, NHWC or flattened).
+//! layout the model declares (NCHW, NHWC, HW for one channel, or flattened).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,10 +17,13 @@ pub enum Layout {
     Nhwc,
     /// `[N, C*H*W]`, flattened in C, H, W order (PyTorch's `flatten`).
     Flat,
+    /// `[N, H, W]`: one-channel images without a channel axis (Keras models
+    /// whose first layer is `Flatten(input_shape=(28, 28))`, say).
+    Hw,
 }
 
 impl Layout {
-    pub const ALL: [Layout; 3] = [Layout::Nchw, Layout::Nhwc, Layout::Flat];
+    pub const ALL: [Layout; 4] = [Layout::Nchw, Layout::Nhwc, Layout::Flat, Layout::Hw];
 
     /// Per-sample shape of `[C, H, W]` images in this layout.
     pub fn sample_shape(self, [c, h, w]: [i64; 3]) -> Vec<i64> {
@@ -28,6 +31,7 @@ impl Layout {
             Layout::Nchw => vec![c, h, w],
             Layout::Nhwc => vec![h, w, c],
             Layout::Flat => vec![c * h * w],
+            Layout::Hw => vec![h, w],
         }
     }
 }
@@ -38,6 +42,7 @@ impl fmt::Display for Layout {
             Layout::Nchw => "nchw",
             Layout::Nhwc => "nhwc",
             Layout::Flat => "flat",
+            Layout::Hw => "hw",
         })
     }
 }
@@ -50,8 +55,9 @@ impl FromStr for Layout {
             "nchw" => Ok(Layout::Nchw),
             "nhwc" => Ok(Layout::Nhwc),
             "flat" => Ok(Layout::Flat),
+            "hw" => Ok(Layout::Hw),
             _ => Err(format!(
-                "unknown layout `{s}` (expected nchw, nhwc or flat)"
+                "unknown layout `{s}` (expected nchw, nhwc, flat or hw)"
             )),
         }
     }
@@ -68,6 +74,9 @@ fn shape_str(dims: impl IntoIterator<Item = Option<i64>>) -> String {
 /// Does `[C, H, W]` in `layout` fit the declared model input (batch axis
 /// ignored; `None` matches any size)?
 fn fits(layout: Layout, chw: [i64; 3], model_shape: &[Option<i64>]) -> bool {
+    if layout == Layout::Hw && chw[0] != 1 {
+        return false;
+    }
     let want = layout.sample_shape(chw);
     model_shape.len() == want.len() + 1
         && model_shape[1..]
@@ -141,6 +150,7 @@ pub fn fit_to_input(
                 .and_then(|t| t.f_contiguous()),
         )?,
         Layout::Flat => torch(ctx(), images.f_reshape([size[0], chw[0] * chw[1] * chw[2]]))?,
+        Layout::Hw => torch(ctx(), images.f_reshape([size[0], chw[1], chw[2]]))?,
     };
     Ok((mapped, chosen))
 }
@@ -210,6 +220,9 @@ mod tests {
         assert_eq!((l, t.size()), (Layout::Nhwc, vec![2, 28, 28, 1]));
         let (t, l) = fit_to_input(&x, &[None, Some(784)], None).unwrap();
         assert_eq!((l, t.size()), (Layout::Flat, vec![2, 784]));
+        let (t, l) = fit_to_input(&x, &[None, Some(28), Some(28)], None).unwrap();
+        assert_eq!((l, t.size()), (Layout::Hw, vec![2, 28, 28]));
+        assert_eq!(t.double_value(&[1, 3, 5]), x.double_value(&[1, 0, 3, 5]));
         // A fixed batch size does not matter; a symbolic H/W does not either.
         let (_, l) = fit_to_input(&x, &[Some(1), Some(1), None, None], None).unwrap();
         assert_eq!(l, Layout::Nchw);
@@ -264,10 +277,14 @@ mod tests {
             e.contains("[2, 1, 28, 28]") && e.contains("[?, 3, 32, 32]"),
             "{e}"
         );
-        let e = fit_to_input(&x, &[None, Some(28), Some(28)], None)
+        let rgb = images(2, 3, 28, 28);
+        let e = fit_to_input(&rgb, &[None, Some(28), Some(28)], None)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("[?, 28, 28]"), "{e}");
+        assert!(
+            e.contains("[?, 28, 28]") && e.contains("[2, 3, 28, 28]"),
+            "{e}"
+        );
         assert_eq!("NHWC".parse::<Layout>().unwrap(), Layout::Nhwc);
         assert!("chw".parse::<Layout>().unwrap_err().contains("`chw`"));
     }
