@@ -187,9 +187,25 @@ pub fn hypergradient(
     // last iterate whose increment shrank; `--search paper` keeps the paper's
     // K iterations whatever they do.
     let guard = config.search == Search::Targeted;
-    let mut v = delta.f_zeros_like()?;
-    let mut last_change = f64::INFINITY;
-    for _ in 0..config.k {
+    let norm = |t: &Tensor| -> Result<f64, TrainError> {
+        Ok(t.f_square()?
+            .f_sum(Kind::Double)?
+            .f_sqrt()?
+            .double_value(&[]))
+    };
+    // The first iteration from v_0 = 0 is v_1 = grad_delta L1 exactly (the
+    // vector-Jacobian product of zero is zero): skip its backward pass.
+    let (mut v, mut last_change) = if config.k == 0 {
+        (delta.f_zeros_like()?, 0.0)
+    } else {
+        (grad_delta_outer.shallow_clone(), norm(&grad_delta_outer)?)
+    };
+    let remaining = if last_change < config.tolerance {
+        0
+    } else {
+        config.k.saturating_sub(1)
+    };
+    for _ in 0..remaining {
         let vjp = Tensor::f_run_backward(
             &[&phi.f_mul(&v)?.f_sum(phi.kind())?],
             &[&delta],
@@ -198,12 +214,7 @@ pub fn hypergradient(
         )?
         .remove(0);
         let next = defined_or_zeros(vjp, &delta)?.f_add(&grad_delta_outer)?;
-        let change = next
-            .f_sub(&v)?
-            .f_square()?
-            .f_sum(Kind::Double)?
-            .f_sqrt()?
-            .double_value(&[]);
+        let change = norm(&next.f_sub(&v)?)?;
         if guard && change > last_change {
             break;
         }
