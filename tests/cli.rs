@@ -312,3 +312,33 @@ fn bad_options_exit_2() {
     let out = ibau(&["verify", path_str(&model), "--device", "tpu"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Data prepared differently from training (here a normalisation the model
+/// never saw) gets a warning that names the options to check; data prepared
+/// right gets none.
+#[test]
+fn low_clean_accuracy_warns_about_preprocessing() {
+    let fashion = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+    let model = common::fixture("jax_mlp.onnx");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            path_str(&model),
+            "--data",
+            fashion,
+            "--range",
+            "0:300",
+        ];
+        args.extend_from_slice(extra);
+        let out = ibau(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let wrong = run(&["--mean", "0.5", "--std", "0.1"]);
+    assert!(
+        wrong.starts_with("warning: ") && wrong.contains("--mean/--std"),
+        "{wrong}"
+    );
+    let right = run(&[]);
+    assert!(!right.contains("warning"), "{right}");
+}

@@ -59,6 +59,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         batch_size: 500,
     };
     let metrics = pipeline::evaluate(model.classifier(), &map, &test)?;
+    if let Some(hint) = pipeline::low_accuracy_hint(metrics.acc, "the data") {
+        eprintln!("warning: {hint}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
     } else {

@@ -659,6 +659,20 @@ fn predictions(model: &dyn Classifier, map: &InputMap, images: &Tensor) -> anyho
     Ok(logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?)
 }
 
+/// A hint when a model gets fewer than half of the clean samples right: a
+/// poisoned classifier keeps its clean accuracy, so the data most likely
+/// reaches it differently from how it was trained.
+pub fn low_accuracy_hint(acc: f64, what: &str) -> Option<String> {
+    (acc < 0.5).then(|| {
+        format!(
+            "the model classifies only {:.1}% of {what} correctly: is the data prepared \
+             as it was in training? (--mean/--std normalisation, --layout; pixels are \
+             scaled to [0,1])",
+            100.0 * acc
+        )
+    })
+}
+
 /// ACC over every sample; ASR over the samples whose label is not the target,
 /// with the trigger applied to the [0,1] image before normalisation and layout.
 pub fn evaluate(model: &dyn Classifier, map: &InputMap, test: &TestSet) -> anyhow::Result<Metrics> {

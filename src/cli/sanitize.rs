@@ -320,6 +320,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         .collect::<anyhow::Result<_>>()?;
     if let Some(first) = batches.first() {
         loaded.detect_probabilities(&first.images)?;
+        let predicted =
+            tch::no_grad(|| loaded.classifier().logits(&first.images))?.f_argmax(-1, false)?;
+        let acc = predicted
+            .f_eq_tensor(&first.labels)?
+            .f_to_kind(tch::Kind::Double)?
+            .f_mean(tch::Kind::Double)?
+            .double_value(&[]);
+        if let Some(hint) = pipeline::low_accuracy_hint(acc, "the first clean batch") {
+            eprintln!("warning: {hint}");
+        }
     }
     let model = loaded.classifier();
     let logits = loaded.logits_source();
