@@ -32,13 +32,15 @@ fn main() -> ExitCode {
 
 /// libtorch appends a C++ backtrace to its error messages ("Exception raised
 /// from ...", then "frame #N: ..." lines); the user needs the message only.
+/// Other lines (a list of unsupported ops, say) stay as they are.
 fn without_backtrace(text: &str) -> String {
     text.lines()
         .filter(|l| {
             let l = l.trim_start();
             !(l.starts_with("Exception raised from") || l.starts_with("frame #"))
         })
-        .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>()
-        .join(" ")
+        .join("\n")
+        .trim_end()
+        .to_string()
 }
