@@ -224,16 +224,10 @@ fn import_fixed_batch(
     options: &ImportOptions,
 ) -> anyhow::Result<(Graph, FixedBatch)> {
     let registry = Registry::standard();
-    let declared = ValueInfo::from_proto(&model.graph().input[0]);
-    let rest: Option<Vec<i64>> = declared.shape.as_ref().and_then(|dims| {
-        dims[1..]
-            .iter()
-            .map(|d| match d {
-                crate::graph::Dim::Fixed(n) if *n > 0 => Some(*n),
-                _ => None,
-            })
-            .collect()
-    });
+    // The probe needs every per-sample dimension.
+    let rest: Option<Vec<i64>> = ValueInfo::from_proto(&model.graph().input[0])
+        .fixed_dims()
+        .and_then(|dims| dims.get(1..)?.iter().copied().collect());
     let tolerance = Graph::default_tolerance(model).0;
     let free = |rest: &[i64]| -> anyhow::Result<Option<(Graph, usize, f64)>> {
         let Some(rebatched) = rebatch::free_batch(model, b)? else {
@@ -245,20 +239,21 @@ fn import_fixed_batch(
         let mut shape = vec![2 * b + 1];
         shape.extend_from_slice(rest);
         let probe = Tensor::f_rand(shape.as_slice(), (Kind::Float, options.device))?;
+        // Largest difference between one run of the probe and runs of `b`
+        // samples, relative to the output's scale, over every graph output.
         let check = || -> anyhow::Result<f64> {
             tch::no_grad(|| {
                 let whole = graph.forward(std::slice::from_ref(&probe))?;
+                let mut parts: Vec<Vec<Tensor>> = whole.iter().map(|_| Vec::new()).collect();
+                for (chunk, len) in fixed_batch_chunks(&probe, b)? {
+                    for (k, out) in graph.forward(&[chunk])?.into_iter().enumerate() {
+                        parts[k].push(out.f_narrow(0, 0, len)?);
+                    }
+                }
                 let mut worst = 0f64;
-                for (k, out) in whole.iter().enumerate() {
-                    let parts = fixed_batch_chunks(&probe, b)?
-                        .into_iter()
-                        .map(|(chunk, len)| {
-                            let mut outs = graph.forward(&[chunk])?;
-                            Ok(outs.swap_remove(k).f_narrow(0, 0, len)?)
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?;
-                    let parts = Tensor::f_cat(&parts, 0)?;
-                    let diff = (out.f_to_kind(Kind::Double)? - parts.f_to_kind(Kind::Double)?)
+                for (out, parts) in whole.iter().zip(&parts) {
+                    let parts = Tensor::f_cat(parts, 0)?.f_to_kind(Kind::Double)?;
+                    let diff = (out.f_to_kind(Kind::Double)? - &parts)
                         .f_abs()?
                         .f_max()?
                         .double_value(&[]);
@@ -451,20 +446,9 @@ impl LoadedModel {
     /// files declare none.
     pub fn declared_input(&self) -> Option<Vec<Option<i64>>> {
         match self {
-            LoadedModel::Onnx { model, .. } => Some(
-                model.graph.inputs[0]
-                    .shape
-                    .as_ref()
-                    .map(|dims| {
-                        dims.iter()
-                            .map(|d| match d {
-                                crate::graph::Dim::Fixed(n) if *n > 0 => Some(*n),
-                                _ => None,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            ),
+            LoadedModel::Onnx { model, .. } => {
+                Some(model.graph.inputs[0].fixed_dims().unwrap_or_default())
+            }
             LoadedModel::TorchScript(_) => None,
         }
     }

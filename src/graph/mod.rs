@@ -149,6 +149,19 @@ impl ValueInfo {
         }
     }
 
+    /// The declared dimensions, `None` where symbolic (or not positive);
+    /// `None` when no shape is declared.
+    pub fn fixed_dims(&self) -> Option<Vec<Option<i64>>> {
+        self.shape.as_ref().map(|dims| {
+            dims.iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) if *n > 0 => Some(*n),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
     /// The shape with symbolic dimensions replaced by `batch` for the first
     /// and 1 elsewhere; `None` when no shape is declared.
     pub fn concrete_shape(&self, batch: i64) -> Option<Vec<i64>> {

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 
 use tch::{Kind, Tensor};
 
+use super::ValueInfo;
 use crate::onnx::proto::{
     tensor_shape_proto::dimension::Value as DimValue, type_proto, AttributeProto, TensorProto,
     ValueInfoProto,
@@ -29,14 +30,10 @@ pub struct Rebatched {
 
 /// The batch size `value` declares on its first axis, when fixed and positive.
 pub fn fixed_batch(value: &ValueInfoProto) -> Option<i64> {
-    let tensor = match value.r#type.as_ref()?.value.as_ref()? {
-        type_proto::Value::TensorType(t) => t,
-        _ => return None,
-    };
-    match tensor.shape.as_ref()?.dim.first()?.value {
-        Some(DimValue::DimValue(b)) if b > 0 => Some(b),
-        _ => None,
-    }
+    ValueInfo::from_proto(value)
+        .fixed_dims()?
+        .first()
+        .copied()?
 }
 
 /// Makes the first axis of `value` symbolic when it is `batch`.
