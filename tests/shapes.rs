@@ -11,19 +11,28 @@ use ibau::cli::pipeline::load_classifier;
 use ibau::graph::{rebatch, ImportOptions};
 use ibau::ibau::Classifier;
 use ibau::onnx::proto::{
-    tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, NodeProto,
-    TensorProto, ValueInfoProto,
+    tensor_shape_proto::{dimension::Value as DimValue, Dimension},
+    type_proto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
+
+use std::path::{Path, PathBuf};
 
 use crate::common::{self, ibau, stderr, stdout};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
 
-fn eval_json(model: &std::path::Path) -> (serde_json::Value, String) {
-    eval_json_range(model, "5000:5600")
-}
+/// The VGG fixtures' trigger and target (models/fixtures.json).
+const VGG_ATTACK: (&str, &str) = ("patch:size=3,value=1,row=24,col=24", "0");
+/// The JAX MLP's (models/fixtures_jax.json).
+const MLP_ATTACK: (&str, &str) = ("patch:size=4,value=1,row=12,col=12", "8");
 
-fn eval_json_range(model: &std::path::Path, range: &str) -> (serde_json::Value, String) {
+/// `ibau eval --json` on Fashion-MNIST test images `range` with `attack`:
+/// the metrics and stderr.
+fn eval_json(
+    model: &Path,
+    range: &str,
+    (trigger, target): (&str, &str),
+) -> (serde_json::Value, String) {
     let out = ibau(&[
         "eval",
         model.to_str().unwrap(),
@@ -32,21 +41,77 @@ fn eval_json_range(model: &std::path::Path, range: &str) -> (serde_json::Value, 
         "--range",
         range,
         "--trigger",
-        "patch:size=3,value=1,row=24,col=24",
+        trigger,
         "--target",
-        "0",
+        target,
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     (serde_json::from_str(&stdout(&out)).unwrap(), stderr(&out))
 }
 
+/// A checked-in fixture, decoded for editing.
+fn decode_fixture(name: &str) -> ModelProto {
+    let bytes = std::fs::read(common::fixture(name)).unwrap();
+    ModelProto::decode(bytes.as_slice()).unwrap()
+}
+
+/// Writes an edited model into `dir`.
+fn write_model(dir: &Path, name: &str, proto: &ModelProto) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    path
+}
+
+/// The declared dimensions of a tensor value.
+fn dims_mut(value: &mut ValueInfoProto) -> &mut Vec<Dimension> {
+    let Some(type_proto::Value::TensorType(t)) = value.r#type.as_mut().unwrap().value.as_mut()
+    else {
+        panic!("not a tensor value")
+    };
+    &mut t.shape.as_mut().unwrap().dim
+}
+
+/// A Reshape node `name` from `input` to `output` with the int64 target
+/// `shape`, stored as an initializer `<name>_shape`.
+fn reshape(
+    graph: &mut GraphProto,
+    name: &str,
+    input: &str,
+    shape: &[i64],
+    output: &str,
+) -> NodeProto {
+    let target = format!("{name}_shape");
+    graph.initializer.push(TensorProto {
+        name: Some(target.clone()),
+        data_type: Some(7),
+        dims: vec![shape.len() as i64],
+        int64_data: shape.to_vec(),
+        ..Default::default()
+    });
+    NodeProto {
+        name: Some(name.into()),
+        op_type: Some("Reshape".into()),
+        input: vec![input.into(), target],
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
 /// The batch-1 export gives the same ACC and ASR as the dynamic-batch export
 /// of the same weights, in batches of 500, and says how it got there.
 #[test]
 fn a_model_exported_for_batch_one_evaluates_like_the_dynamic_export() {
-    let (fixed, note) = eval_json(&common::fixture("vgg_badnets_batch1.onnx"));
-    let (dynamic, _) = eval_json(&common::fixture("vgg_badnets_dynamo.onnx"));
+    let (fixed, note) = eval_json(
+        &common::fixture("vgg_badnets_batch1.onnx"),
+        "5000:5600",
+        VGG_ATTACK,
+    );
+    let (dynamic, _) = eval_json(
+        &common::fixture("vgg_badnets_dynamo.onnx"),
+        "5000:5600",
+        VGG_ATTACK,
+    );
     assert_eq!(fixed["acc"], dynamic["acc"]);
     assert_eq!(fixed["asr"], dynamic["asr"]);
     assert!(fixed["asr"].as_f64().unwrap() > 0.9, "{fixed}");
@@ -132,16 +197,9 @@ fn chunked_runs_match_one_run() {
 #[test]
 fn a_torch_error_inside_a_node_is_one_line_naming_the_node() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(common::fixture("vgg_badnets_batch1.onnx")).unwrap();
-    let mut proto = ModelProto::decode(bytes.as_slice()).unwrap();
-    let input = &mut proto.graph.as_mut().unwrap().input[0];
-    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut()
-    else {
-        panic!("tensor input")
-    };
-    t.shape.as_mut().unwrap().dim[0].value = Some(DimValue::DimValue(2));
-    let path = dir.path().join("batch2.onnx");
-    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    let mut proto = decode_fixture("vgg_badnets_batch1.onnx");
+    dims_mut(&mut proto.graph.as_mut().unwrap().input[0])[0].value = Some(DimValue::DimValue(2));
+    let path = write_model(dir.path(), "batch2.onnx", &proto);
     let out = ibau(&[
         "eval",
         path.to_str().unwrap(),
@@ -170,32 +228,22 @@ fn a_torch_error_inside_a_node_is_one_line_naming_the_node() {
 #[test]
 fn logits_with_trailing_unit_axes_are_class_scores() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(common::fixture("vgg_badnets_legacy.onnx")).unwrap();
-    let mut proto = ModelProto::decode(bytes.as_slice()).unwrap();
+    let mut proto = decode_fixture("vgg_badnets_legacy.onnx");
     let graph = proto.graph.as_mut().unwrap();
     let logits = graph.output[0].name().to_string();
-    graph.initializer.push(TensorProto {
-        name: Some("shape_n_10_1_1".into()),
-        data_type: Some(7),
-        dims: vec![4],
-        int64_data: vec![0, 10, 1, 1],
-        ..Default::default()
-    });
-    graph.node.push(NodeProto {
-        name: Some("to_4d".into()),
-        op_type: Some("Reshape".into()),
-        input: vec![logits, "shape_n_10_1_1".into()],
-        output: vec!["logits_4d".into()],
-        ..Default::default()
-    });
+    let node = reshape(graph, "to_4d", &logits, &[0, 10, 1, 1], "logits_4d");
+    graph.node.push(node);
     graph.output = vec![ValueInfoProto {
         name: Some("logits_4d".into()),
         ..Default::default()
     }];
-    let path = dir.path().join("vgg_4d.onnx");
-    std::fs::write(&path, proto.encode_to_vec()).unwrap();
-    let (four, _) = eval_json_range(&path, "5000:5300");
-    let (two, _) = eval_json_range(&common::fixture("vgg_badnets_legacy.onnx"), "5000:5300");
+    let path = write_model(dir.path(), "vgg_4d.onnx", &proto);
+    let (four, _) = eval_json(&path, "5000:5300", VGG_ATTACK);
+    let (two, _) = eval_json(
+        &common::fixture("vgg_badnets_legacy.onnx"),
+        "5000:5300",
+        VGG_ATTACK,
+    );
     assert_eq!(four, two);
 }
 
@@ -206,17 +254,12 @@ fn logits_with_trailing_unit_axes_are_class_scores() {
 #[test]
 fn a_model_without_a_channel_axis_takes_images_as_hw() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(common::fixture("jax_mlp.onnx")).unwrap();
-    let mut proto = ModelProto::decode(bytes.as_slice()).unwrap();
+    let mut proto = decode_fixture("jax_mlp.onnx");
     let graph = proto.graph.as_mut().unwrap();
     let flat = graph.input[0].name().to_string();
     let mut image = graph.input[0].clone();
     image.name = Some("image".into());
-    let Some(type_proto::Value::TensorType(t)) = image.r#type.as_mut().unwrap().value.as_mut()
-    else {
-        panic!("tensor input")
-    };
-    let dims = &mut t.shape.as_mut().unwrap().dim;
+    let dims = dims_mut(&mut image);
     dims.truncate(1);
     for _ in 0..2 {
         let mut d = dims[0].clone();
@@ -224,43 +267,11 @@ fn a_model_without_a_channel_axis_takes_images_as_hw() {
         dims.push(d);
     }
     graph.input = vec![image];
-    graph.initializer.push(TensorProto {
-        name: Some("shape_n_784".into()),
-        data_type: Some(7),
-        dims: vec![2],
-        int64_data: vec![0, 784],
-        ..Default::default()
-    });
-    graph.node.insert(
-        0,
-        NodeProto {
-            name: Some("flatten_image".into()),
-            op_type: Some("Reshape".into()),
-            input: vec!["image".into(), "shape_n_784".into()],
-            output: vec![flat],
-            ..Default::default()
-        },
-    );
-    let path = dir.path().join("mlp_hw.onnx");
-    std::fs::write(&path, proto.encode_to_vec()).unwrap();
-    let run = |model: &std::path::Path| {
-        let out = ibau(&[
-            "eval",
-            model.to_str().unwrap(),
-            "--data",
-            FASHION,
-            "--range",
-            "5000:5300",
-            "--trigger",
-            "patch:size=4,value=1,row=12,col=12",
-            "--target",
-            "8",
-            "--json",
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
-    };
-    let hw = run(&path);
-    assert_eq!(hw, run(&common::fixture("jax_mlp.onnx")));
+    let node = reshape(graph, "flatten_image", "image", &[0, 784], &flat);
+    graph.node.insert(0, node);
+    let path = write_model(dir.path(), "mlp_hw.onnx", &proto);
+    let (hw, _) = eval_json(&path, "5000:5300", MLP_ATTACK);
+    let (flat, _) = eval_json(&common::fixture("jax_mlp.onnx"), "5000:5300", MLP_ATTACK);
+    assert_eq!(hw, flat);
     assert!(hw["asr"].as_f64().unwrap() > 0.8, "{hw}");
 }
