@@ -3,10 +3,11 @@
 //! storage form (raw_data or typed field, inline or external) stay, and every
 //! other field of the file decodes identical.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::graph::Parameters;
 use crate::onnx::{write_tensor_data, Model, OnnxError, TensorError};
+use crate::outputs::OutputPlan;
 
 /// Errors writing a trained model.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum ExportError {
     Parity(String),
     #[error("{0}")]
     TorchScript(#[from] crate::torchscript::TorchScriptError),
+    #[error("{0}")]
+    Output(#[from] crate::outputs::OutputError),
 }
 
 /// A copy of `model` with every parameter's current value written into its
@@ -43,57 +46,66 @@ pub fn with_parameters(model: &Model, params: &Parameters) -> Result<Model, Expo
     Ok(out)
 }
 
-/// Writes `model` to `output` only if `check` accepts the written file (see
-/// [`write_checked_with`]).
+/// Writes `model` to the plan's model path only if `check` accepts the
+/// written file (see [`write_checked_with`]).
 pub fn write_checked<T>(
     model: &Model,
-    output: &Path,
+    plan: &OutputPlan,
     check: impl FnOnce(&Path) -> Result<T, String>,
 ) -> Result<T, ExportError> {
-    write_checked_with(&model.path, output, |p| Ok(model.save(p)?), check)
+    write_checked_with(plan, |p| Ok(model.save(p)?), check)
 }
 
-/// Writes a model with `save` to `output` only if `check` accepts the written
-/// file: `save` writes into a temporary folder beside `output` (with any
-/// companion files, such as external data, next to it), `check` runs there,
-/// then the companions and finally the model are moved into place. On any
-/// failure nothing is left at `output`. Never writes onto `input`.
+/// Writes a model with `save` only if `check` accepts the written file:
+/// `save` writes into the plan's staging folder (with its external-data
+/// companion, if any, next to it), `check` runs there, then the companion
+/// and finally the model are moved into place. The plan has checked both
+/// paths against every input before any work. On any failure nothing is
+/// left at the output.
 pub fn write_checked_with<T>(
-    input: &Path,
-    output: &Path,
+    plan: &OutputPlan,
     save: impl FnOnce(&Path) -> Result<(), ExportError>,
     check: impl FnOnce(&Path) -> Result<T, String>,
 ) -> Result<T, ExportError> {
-    crate::onnx::refuse_input_path(input, output)?;
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let io = |source| OnnxError::Io {
-        path: output.to_path_buf(),
+    let io = |path: &Path, source| OnnxError::Io {
+        path: path.to_path_buf(),
         source,
     };
-    let staging = dir.join(format!(".ibau-staging-{}", std::process::id()));
-    std::fs::create_dir_all(&staging).map_err(io)?;
-    let name = output.file_name().ok_or_else(|| OnnxError::Refused {
-        path: output.to_path_buf(),
+    let name = plan.model.file_name().ok_or_else(|| OnnxError::Refused {
+        path: plan.model.clone(),
         reason: "the output path has no file name".into(),
     })?;
-    let staged = staging.join(name);
+    let staged = plan.staging().join(name);
+    let companion_name = plan.companion.file_name();
     let result = (|| {
         save(&staged)?;
         let value = check(&staged).map_err(ExportError::Parity)?;
-        // Companion files first, so the model never points at a missing file.
-        for entry in std::fs::read_dir(&staging).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if entry.file_name() != name {
-                crate::onnx::refuse_input_path(input, &dir.join(entry.file_name()))?;
-                std::fs::rename(entry.path(), dir.join(entry.file_name())).map_err(io)?;
+        // The companion first, so the model never points at a missing file.
+        for entry in std::fs::read_dir(plan.staging()).map_err(|e| io(plan.staging(), e))? {
+            let entry = entry.map_err(|e| io(plan.staging(), e))?;
+            let entry_name = entry.file_name();
+            if entry_name == name {
+                continue;
             }
+            if Some(entry_name.as_os_str()) != companion_name {
+                return Err(OnnxError::Refused {
+                    path: entry.path(),
+                    reason: "the writer made a file the output plan did not check".into(),
+                }
+                .into());
+            }
+            std::fs::rename(entry.path(), &plan.companion).map_err(|e| io(&plan.companion, e))?;
         }
-        std::fs::rename(&staged, output).map_err(io)?;
+        std::fs::rename(&staged, &plan.model).map_err(|e| io(&plan.model, e))?;
         Ok(value)
     })();
-    let _ = std::fs::remove_dir_all(&staging);
+    if result.is_err() {
+        // Whatever was staged goes; the plan removes the folder itself.
+        if let Ok(entries) = std::fs::read_dir(plan.staging()) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     result
 }

@@ -8,6 +8,8 @@ pub mod data;
 pub mod export;
 pub mod graph;
 pub mod ibau;
+pub mod limits;
 pub mod onnx;
+pub mod outputs;
 pub mod parity;
 pub mod torchscript;

@@ -112,20 +112,59 @@ pub fn detect(path: &Path) -> Result<FileKind, TorchScriptError> {
         // A zip that is no PyTorch archive: let the ONNX loader say what it is not.
         return Ok(FileKind::Onnx);
     };
-    let mut pickle = Vec::new();
-    archive
+    let pickle = archive
         .by_name(&data_pkl)
-        .and_then(|mut f| f.read_to_end(&mut pickle).map_err(Into::into))
-        .map_err(|e| TorchScriptError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        })?;
-    let mentions = |s: &str| pickle.windows(s.len()).any(|w| w == s.as_bytes());
-    if mentions("torch.nn.modules") || mentions("__main__") || mentions("_parameters") {
-        Ok(FileKind::PickledModule)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+        .map_err(&io)?;
+    // A pickle names a module's class near its start; a state dict's pickle
+    // is read to its end (or to the scan limit) to know it names none.
+    let module = mentions_any(
+        pickle.take(PICKLE_SCAN_LIMIT),
+        &[b"torch.nn.modules", b"__main__", b"_parameters"],
+    )
+    .map_err(&io)?;
+    Ok(if module {
+        FileKind::PickledModule
     } else {
-        Ok(FileKind::StateDict)
+        FileKind::StateDict
+    })
+}
+
+/// How much of an archive's `data.pkl` [`detect`] reads. The pickle holds
+/// the structure only (tensor data are other entries), a few KB to a few MB
+/// in real files; a larger one is judged by its first 64 MiB, so that a zip
+/// bomb posing as a checkpoint is never inflated in full.
+const PICKLE_SCAN_LIMIT: u64 = 64 << 20;
+
+/// Whether any of `needles` occurs in `reader`, read in chunks (memory stays
+/// one chunk) and no further than the first match.
+fn mentions_any(mut reader: impl Read, needles: &[&[u8]]) -> std::io::Result<bool> {
+    const CHUNK: usize = 64 << 10;
+    // Bytes kept from the previous chunk, so that a match across two is seen.
+    let overlap = needles.iter().map(|n| n.len()).max().unwrap_or(1) - 1;
+    let mut window = Vec::with_capacity(CHUNK + overlap);
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        window.extend_from_slice(&chunk[..n]);
+        if needles.iter().any(|needle| contains(&window, needle)) {
+            return Ok(true);
+        }
+        window.drain(..window.len().saturating_sub(overlap));
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    // The slice's own byte search (memchr) rules out most chunks quickly.
+    let Some(first) = needle.first() else {
+        return true;
+    };
+    haystack.contains(first) && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The error for a PyTorch file that is not TorchScript, if `kind` is one.
@@ -351,5 +390,88 @@ impl Classifier for TorchScript {
     }
     fn float_kind(&self) -> Kind {
         self.float_kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn zip_options() -> zip::write::FileOptions {
+        zip::write::FileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .compression_level(Some(1))
+    }
+
+    fn write_zip(path: &Path, members: &[(&str, &[u8])]) {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        for (name, bytes) in members {
+            zip.start_file(*name, zip_options()).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    #[test]
+    fn detect_tells_formats_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.pt");
+        type Members<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: [(Members, FileKind); 4] = [
+            (
+                &[("m/code/m.py", b""), ("m/constants.pkl", b"")],
+                FileKind::TorchScript,
+            ),
+            (
+                &[("m/data.pkl", b"\x80\x02ctorch._utils\n_rebuild_tensor_v2")],
+                FileKind::StateDict,
+            ),
+            (
+                &[("m/data.pkl", b"\x80\x02c__main__\nNet\nq\x00")],
+                FileKind::PickledModule,
+            ),
+            (&[("m/weights.bin", b"")], FileKind::Onnx),
+        ];
+        for (members, kind) in cases {
+            write_zip(&p, members);
+            assert_eq!(detect(&p).unwrap(), kind, "{:?}", members[0].0);
+        }
+        std::fs::write(&p, b"\x80\x02}q\x00.").unwrap();
+        assert_eq!(detect(&p).unwrap(), FileKind::LegacyPickle);
+        std::fs::write(&p, b"\x08\x07\x12\x04onnx").unwrap();
+        assert_eq!(detect(&p).unwrap(), FileKind::Onnx);
+    }
+
+    #[test]
+    fn mentions_are_found_across_chunks() {
+        let needles: &[&[u8]] = &[b"torch.nn.modules", b"__main__"];
+        for at in [0, (64 << 10) - 3, (64 << 10) + 5, 200_000] {
+            let mut pickle = vec![0u8; 300_000];
+            pickle[at..at + 8].copy_from_slice(b"__main__");
+            assert!(mentions_any(&pickle[..], needles).unwrap(), "at {at}");
+        }
+        assert!(!mentions_any(&[0u8; 300_000][..], needles).unwrap());
+    }
+
+    /// A `.pt` zip bomb: a `data.pkl` of 65 MiB of zeros (under 1 MB
+    /// compressed), then a class reference. Detection reads the first 64 MiB
+    /// only, so it never sees the reference (reading it all did, after
+    /// inflating it whole).
+    #[test]
+    fn detect_reads_a_bounded_prefix_of_data_pkl() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb.pt");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
+        zip.start_file("bomb/data.pkl", zip_options()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(PICKLE_SCAN_LIMIT >> 20) + 1 {
+            zip.write_all(&zeros).unwrap();
+        }
+        zip.write_all(b"c__main__\nNet\n").unwrap();
+        zip.finish().unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20);
+        assert_eq!(detect(&p).unwrap(), FileKind::StateDict);
     }
 }

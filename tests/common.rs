@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use ibau::onnx::proto::{tensor_shape_proto::Dimension, type_proto, ModelProto, ValueInfoProto};
+use prost::Message;
+
 /// The ONNX backend test data of Debian's libonnx-testdata.
 pub const TESTDATA: &str = "/usr/share/libonnx-testdata/data";
 
@@ -82,4 +85,26 @@ pub fn stderr(out: &Output) -> String {
 /// stdout of a finished command, as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A checked-in fixture, decoded for editing.
+pub fn decode_fixture(name: &str) -> ModelProto {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    ModelProto::decode(bytes.as_slice()).unwrap()
+}
+
+/// Writes an edited model into `dir`.
+pub fn write_model(dir: &Path, name: &str, proto: &ModelProto) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    path
+}
+
+/// The declared dimensions of a tensor value.
+pub fn dims_mut(value: &mut ValueInfoProto) -> &mut Vec<Dimension> {
+    let Some(type_proto::Value::TensorType(t)) = value.r#type.as_mut().unwrap().value.as_mut()
+    else {
+        panic!("not a tensor value")
+    };
+    &mut t.shape.as_mut().unwrap().dim
 }

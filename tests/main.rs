@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod conformance;
 mod gradient_parity;
+mod hostile;
 mod roundtrip;
 mod sanitize;
 mod search;

@@ -11,13 +11,13 @@ use ibau::cli::pipeline::load_classifier;
 use ibau::graph::{rebatch, ImportOptions};
 use ibau::ibau::Classifier;
 use ibau::onnx::proto::{
-    tensor_shape_proto::{dimension::Value as DimValue, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+    tensor_shape_proto::dimension::Value as DimValue, type_proto, GraphProto, NodeProto,
+    TensorProto, ValueInfoProto,
 };
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::common::{self, ibau, stderr, stdout};
+use crate::common::{self, decode_fixture, dims_mut, ibau, stderr, stdout, write_model};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
 
@@ -48,28 +48,6 @@ fn eval_json(
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     (serde_json::from_str(&stdout(&out)).unwrap(), stderr(&out))
-}
-
-/// A checked-in fixture, decoded for editing.
-fn decode_fixture(name: &str) -> ModelProto {
-    let bytes = std::fs::read(common::fixture(name)).unwrap();
-    ModelProto::decode(bytes.as_slice()).unwrap()
-}
-
-/// Writes an edited model into `dir`.
-fn write_model(dir: &Path, name: &str, proto: &ModelProto) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, proto.encode_to_vec()).unwrap();
-    path
-}
-
-/// The declared dimensions of a tensor value.
-fn dims_mut(value: &mut ValueInfoProto) -> &mut Vec<Dimension> {
-    let Some(type_proto::Value::TensorType(t)) = value.r#type.as_mut().unwrap().value.as_mut()
-    else {
-        panic!("not a tensor value")
-    };
-    &mut t.shape.as_mut().unwrap().dim
 }
 
 /// A Reshape node `name` from `input` to `output` with the int64 target

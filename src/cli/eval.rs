@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, requires = "target")]
     pub trigger: Option<String>,
     /// The attack's target label.
-    #[arg(long, requires = "trigger")]
+    #[arg(long, requires = "trigger", allow_negative_numbers = true)]
     pub target: Option<i64>,
     #[command(flatten)]
     pub preprocess: Preprocess,
@@ -53,6 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let data = pipeline::load_data(&args.data, args.range.as_deref())?;
     let map = InputMap::new(&model, &args.preprocess, &data)?;
+    pipeline::check_classes(model.classifier(), &map, &data, args.target, "--data")?;
     let test = TestSet {
         data,
         trigger: trigger.zip(args.target),
@@ -63,17 +64,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         eprintln!("warning: {hint}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&metrics)?);
+        super::outln(format_args!("{}", serde_json::to_string_pretty(&metrics)?))?;
     } else {
-        println!(
+        super::outln(format_args!(
             "{} on {} ({} samples)",
             args.model.display(),
             test.data.source,
             metrics.samples
-        );
-        println!("  ACC {:.2}%", 100.0 * metrics.acc);
+        ))?;
+        super::outln(format_args!("  ACC {:.2}%", 100.0 * metrics.acc))?;
         if let Some(asr) = metrics.asr {
-            println!("  ASR {:.2}%", 100.0 * asr);
+            super::outln(format_args!("  ASR {:.2}%", 100.0 * asr))?;
         }
     }
     Ok(Outcome::Success)

@@ -107,9 +107,15 @@ pub fn summarize(model: &Model, options: &ImportOptions) -> anyhow::Result<Summa
     for init in &graph.initializer {
         let dtype = DataType(init.data_type());
         *dtypes.entry(dtype.name().to_string()).or_insert(0) += 1;
-        let n: i64 = init.dims.iter().product();
-        elements += n;
-        bytes += n.max(0) as u64 * dtype.byte_size().unwrap_or(0) as u64;
+        // Saturating: a hostile file may claim dims whose product overflows.
+        let n = init
+            .dims
+            .iter()
+            .try_fold(1i64, |acc, &d| acc.checked_mul(d.max(0)))
+            .unwrap_or(i64::MAX);
+        elements = elements.saturating_add(n);
+        bytes =
+            bytes.saturating_add((n as u64).saturating_mul(dtype.byte_size().unwrap_or(0) as u64));
     }
     let unsupported = graph::unsupported_ops(model, &registry);
     let trainable = if unsupported.is_empty() {
@@ -210,31 +216,34 @@ fn shape_text(v: &ValueInfo) -> String {
     }
 }
 
-fn print_text(s: &Summary) {
-    println!("{}", s.file);
-    println!("  producer      {} {}", s.producer.name, s.producer.version);
-    println!("  IR version    {}", s.ir_version);
+fn print_text(s: &Summary) -> anyhow::Result<()> {
+    super::outln(format_args!("{}", s.file))?;
+    super::outln(format_args!(
+        "  producer      {} {}",
+        s.producer.name, s.producer.version
+    ))?;
+    super::outln(format_args!("  IR version    {}", s.ir_version))?;
     let opsets: Vec<String> = s
         .opsets
         .iter()
         .map(|o| format!("{} {}", o.domain, o.version))
         .collect();
-    println!("  opsets        {}", opsets.join(", "));
+    super::outln(format_args!("  opsets        {}", opsets.join(", ")))?;
     for v in &s.inputs {
-        println!(
+        super::outln(format_args!(
             "  input         {} {} {}",
             v.name,
             v.elem_type,
             shape_text(v)
-        );
+        ))?;
     }
     for v in &s.outputs {
-        println!(
+        super::outln(format_args!(
             "  output        {} {} {}",
             v.name,
             v.elem_type,
             shape_text(v)
-        );
+        ))?;
     }
     let ops: Vec<String> = s
         .nodes
@@ -242,14 +251,18 @@ fn print_text(s: &Summary) {
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!("  nodes         {} ({})", s.nodes.total, ops.join(", "));
+    super::outln(format_args!(
+        "  nodes         {} ({})",
+        s.nodes.total,
+        ops.join(", ")
+    ))?;
     let dtypes: Vec<String> = s
         .initializers
         .dtypes
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!(
+    super::outln(format_args!(
         "  initializers  {} tensors, {} elements, {} bytes ({}){}",
         s.initializers.count,
         s.initializers.elements,
@@ -260,41 +273,45 @@ fn print_text(s: &Summary) {
         } else {
             String::new()
         }
-    );
+    ))?;
     match &s.trainable {
         Some(t) => {
-            println!(
+            super::outln(format_args!(
                 "  trainable     {} tensors, {} elements, {:.1}% of the float weights",
                 t.tensors,
                 t.elements,
                 100.0 * t.share
-            );
+            ))?;
             for r in &t.list {
-                println!("    {:<40} {:>10} {}", r.name, r.elements, r.dtype);
+                super::outln(format_args!(
+                    "    {:<40} {:>10} {}",
+                    r.name, r.elements, r.dtype
+                ))?;
             }
             if !t.frozen.is_empty() {
-                println!("  frozen float tensors");
+                super::outln(format_args!("  frozen float tensors"))?;
                 for r in &t.frozen {
-                    println!(
+                    super::outln(format_args!(
                         "    {:<40} {:>10} {} ({})",
                         r.name, r.elements, r.dtype, r.reason
-                    );
+                    ))?;
                 }
             }
         }
         None => {
-            println!(
+            super::outln(format_args!(
                 "  unsupported   {} node(s): the model cannot be imported",
                 s.unsupported_ops.len()
-            );
+            ))?;
             for u in &s.unsupported_ops {
-                println!(
+                super::outln(format_args!(
                     "    node `{}`: {} (opset {}): {}",
                     u.node, u.op_type, u.opset, u.reason
-                );
+                ))?;
             }
         }
     }
+    Ok(())
 }
 
 /// The `inspect --json` document of a TorchScript file (schema 1).
@@ -328,25 +345,27 @@ fn inspect_torchscript(args: &Args) -> anyhow::Result<Outcome> {
         trainable,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        super::outln(format_args!("{}", serde_json::to_string_pretty(&summary)?))?;
         return Ok(Outcome::Success);
     }
-    println!("{}", summary.file);
-    println!("  format        TorchScript (torch.jit.save archive)");
+    super::outln(format_args!("{}", summary.file))?;
+    super::outln(format_args!(
+        "  format        TorchScript (torch.jit.save archive)"
+    ))?;
     let elements: i64 = summary.parameters.iter().map(|p| p.elements).sum();
-    println!(
+    super::outln(format_args!(
         "  parameters    {} tensors, {} elements",
         summary.parameters.len(),
         elements
-    );
-    println!(
+    ))?;
+    super::outln(format_args!(
         "  trainable     {} tensors, {} elements, {:.1}% of the float weights",
         trainable.tensors,
         trainable.elements,
         100.0 * trainable.share
-    );
+    ))?;
     for p in &summary.parameters {
-        println!(
+        super::outln(format_args!(
             "    {:<40} {:>10} {} {:?}{}",
             p.name,
             p.elements,
@@ -356,7 +375,7 @@ fn inspect_torchscript(args: &Args) -> anyhow::Result<Outcome> {
                 .as_deref()
                 .map(|r| format!(" (frozen: {r})"))
                 .unwrap_or_default()
-        );
+        ))?;
     }
     Ok(Outcome::Success)
 }
@@ -375,9 +394,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let summary = summarize(&model, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        super::outln(format_args!("{}", serde_json::to_string_pretty(&summary)?))?;
     } else {
-        print_text(&summary);
+        print_text(&summary)?;
     }
     Ok(Outcome::Success)
 }

@@ -96,3 +96,52 @@ pub fn existing_file(s: &str) -> Result<PathBuf, String> {
         Err(format!("`{s}` does not exist"))
     }
 }
+
+/// Writes one line of human output to stdout. Control characters (from node
+/// and tensor names in a hostile file) are shown escaped; a closed pipe or a
+/// full disk is an error for the caller, never a panic.
+pub fn outln(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = args.to_string();
+    let mut line = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => line.push(c),
+            c if c.is_control() => line.extend(c.escape_default()),
+            c => line.push(c),
+        }
+    }
+    line.push('\n');
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| anyhow::Error::new(e).context("writing to stdout"))
+}
+
+/// A number above zero, finite (learning rates, radii, step sizes).
+pub fn positive_number(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number above 0")),
+    }
+}
+
+/// A finite number of at least zero (tolerances, regularisation weights).
+pub fn non_negative_number(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number of at least 0")),
+    }
+}
+
+/// A count of at least one (rounds, iterations, steps).
+pub fn positive_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_COUNT).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number from 1 to {MAX_COUNT}")),
+    }
+}
+
+/// The largest count `positive_count` accepts.
+const MAX_COUNT: usize = 1_000_000;

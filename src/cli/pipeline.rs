@@ -20,11 +20,18 @@ pub struct Preprocess {
     #[arg(long, value_name = "nchw|nhwc|flat|hw")]
     pub layout: Option<Layout>,
     /// Per-channel mean subtracted after scaling to [0,1] (e.g. 0.5 or 0.49,0.48,0.45).
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "M[,M..]")]
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "M[,M..]", value_parser = finite_number, allow_negative_numbers = true)]
     pub mean: Vec<f64>,
-    /// Per-channel standard deviation divided by after the mean.
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "S[,S..]")]
+    /// Per-channel standard deviation divided by after the mean (above 0).
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "S[,S..]", value_parser = super::positive_number, allow_negative_numbers = true)]
     pub std: Vec<f64>,
+}
+
+fn finite_number(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number")),
+    }
 }
 
 /// Which tensor I-BAU's losses and the predictions use as logits.
@@ -388,10 +395,14 @@ pub fn load_classifier(
 /// A dataset file with an optional `A:B` range.
 pub fn load_data(path: &Path, range: Option<&str>) -> anyhow::Result<Dataset> {
     let dataset = data::load(path)?;
-    match range {
-        Some(r) => Ok(dataset.slice(data::parse_range(r)?)?),
-        None => Ok(dataset),
+    let dataset = match range {
+        Some(r) => dataset.slice(data::parse_range(r)?)?,
+        None => dataset,
+    };
+    if dataset.is_empty() {
+        anyhow::bail!("`{}` holds no samples", dataset.source);
     }
+    Ok(dataset)
 }
 
 /// A model file loaded for computing: an imported ONNX graph or a
@@ -585,17 +596,19 @@ fn probe_input(
         None => vec![Layout::Nchw, Layout::Nhwc, Layout::Flat],
     };
     let mut fitting = Vec::new();
+    // Why each layout failed, for the error when none fits.
+    let mut failures = Vec::new();
     for layout in candidates {
         let sample = layout.sample_shape([*c, *h, *w]);
         let shape: Vec<i64> = std::iter::once(1).chain(sample.iter().copied()).collect();
         let x = Tensor::f_zeros(shape.as_slice(), (model.float_kind(), model.device()))?;
-        let runs = tch::no_grad(|| model.logits(&x))
-            .map(|y| y.dim() == 2 && y.size()[0] == 1)
-            .unwrap_or(false);
-        if runs {
-            fitting.push((layout, sample));
+        match tch::no_grad(|| model.logits(&x)) {
+            Ok(y) if y.dim() == 2 && y.size()[0] == 1 => fitting.push((layout, sample)),
+            Ok(y) => failures.push(format!("{layout}: returns shape {:?}", y.size())),
+            Err(e) => failures.push(format!("{layout}: {}", first_line(&e.to_string()))),
         }
     }
+    let why = failures.join("; ");
     match fitting.len() {
         1 => {
             let (_, sample) = fitting.remove(0);
@@ -603,11 +616,11 @@ fn probe_input(
         }
         0 => match forced {
             Some(l) => anyhow::bail!(
-                "the model does not run on [1, {c}, {h}, {w}] images laid out as {l} (--layout)"
+                "the model does not run on [1, {c}, {h}, {w}] images laid out as {l} (--layout): {why}"
             ),
             None => anyhow::bail!(
                 "the model runs on none of the layouts nchw, nhwc, flat of [N, {c}, {h}, {w}] images \
-                 (it should return [N, classes] logits)"
+                 (it should return [N, classes] logits): {why}"
             ),
         },
         _ => anyhow::bail!(
@@ -619,6 +632,63 @@ fn probe_input(
                 .join(", ")
         ),
     }
+}
+
+/// Checks, on the first samples of `data`, that the model's class scores
+/// are finite, and that every label of `data` (named by `option` in
+/// errors) and the attack's `target` name one of its classes. Returns the
+/// number of classes.
+pub fn check_classes(
+    model: &dyn Classifier,
+    map: &InputMap,
+    data: &Dataset,
+    target: Option<i64>,
+    option: &str,
+) -> anyhow::Result<i64> {
+    let Some((images, _)) = data.batches(8).next() else {
+        anyhow::bail!("{option} `{}` holds no samples", data.source);
+    };
+    let logits = tch::no_grad(|| {
+        model
+            .logits(&map.apply(&images)?)
+            .map_err(anyhow::Error::from)
+    })?;
+    let classes = logits.size().get(1).copied().unwrap_or(0);
+    let finite = logits.f_isfinite()?.f_all()?.int64_value(&[]) != 0;
+    if !finite {
+        anyhow::bail!(
+            "the model's class scores on {option} `{}` are not finite (NaN or Inf): its weights or graph produce NaN/Inf",
+            data.source
+        );
+    }
+    let labels = &data.labels;
+    let (lo, hi) = (
+        labels.f_min()?.int64_value(&[]),
+        labels.f_max()?.int64_value(&[]),
+    );
+    if lo < 0 || hi >= classes {
+        anyhow::bail!(
+            "{option} `{}` has labels from {lo} to {hi}, but the model has {classes} classes (0 to {})",
+            data.source,
+            classes - 1
+        );
+    }
+    if let Some(t) = target.filter(|t| !(0..classes).contains(t)) {
+        anyhow::bail!(
+            "--target {t} is not a class of the model: it has {classes} classes (0 to {})",
+            classes - 1
+        );
+    }
+    Ok(classes)
+}
+
+/// The telling line of a libtorch message: TorchScript errors open with
+/// "The following operation failed..." and a traceback, and end with the
+/// Python-style error line (`RuntimeError: ...`); others with the message.
+fn first_line(text: &str) -> &str {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.clone().next().unwrap_or(text);
+    lines.find(|l| l.contains("Error: ")).unwrap_or(first)
 }
 
 /// Clean accuracy and attack success rate.

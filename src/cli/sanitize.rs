@@ -14,6 +14,7 @@ use super::pipeline::{self, GraphClassifier, InputMap, LoadedModel, Metrics, Pre
 use super::Outcome;
 use crate::graph::ImportOptions;
 use crate::ibau::{self, Batch, Config, OptimizerKind, Search, TargetedStats};
+use crate::outputs::{Inputs, OutputPlan};
 use crate::parity::{self, OrtSession};
 use crate::torchscript::TorchScript;
 
@@ -35,7 +36,7 @@ pub struct Args {
     #[arg(short, long)]
     pub output: PathBuf,
     /// I-BAU rounds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::positive_count)]
     pub rounds: usize,
     /// How each round finds the perturbation it unlearns. `targeted`: one
     /// perturbation per class, each shrunk to the smallest L2 radius that
@@ -48,10 +49,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Search::Targeted)]
     pub search: Search,
     /// Fixed-point iterations of the hypergradient.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::positive_count)]
     pub k: usize,
     /// Learning rate of the outer optimiser.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = super::positive_number, allow_negative_numbers = true)]
     pub lr: f64,
     /// Outer optimiser.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
@@ -62,28 +63,28 @@ pub struct Args {
     /// Steps of the perturbation search per round (default: one per clean
     /// batch, as the paper; the targeted search takes at least 50, cycling
     /// over the batches).
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive_count)]
     pub perturbation_steps: Option<usize>,
     /// Learning rate of the paper's perturbation search (`--search paper`).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = super::positive_number, allow_negative_numbers = true)]
     pub perturbation_lr: f64,
     /// L2 radius the perturbation is projected into (the targeted search's
     /// largest radius).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = super::positive_number, allow_negative_numbers = true)]
     pub radius: f64,
     /// Weight of ||delta||^2 in the inner loss and the paper's perturbation
     /// search.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = super::non_negative_number, allow_negative_numbers = true)]
     pub regularization: f64,
     /// Step size of the fixed-point map delta - step * grad(inner loss).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = super::positive_number, allow_negative_numbers = true)]
     pub inner_step: f64,
     /// Share of each clean batch that receives the perturbation in the outer
     /// loss (int(share * batch size) samples; the paper: 0.01, one of 100).
     #[arg(long, default_value_t = 0.01, value_parser = unit_interval)]
     pub poison_share: f64,
     /// Early stop of the fixed-point iterations (||v_k - v_k-1|| below it).
-    #[arg(long, default_value_t = 1e-10)]
+    #[arg(long, default_value_t = 1e-10, value_parser = super::non_negative_number, allow_negative_numbers = true)]
     pub fixed_point_tolerance: f64,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = super::parse_device)]
@@ -107,17 +108,17 @@ pub struct Args {
     #[arg(long, requires_all = ["target", "test"])]
     pub trigger: Option<String>,
     /// The attack's target label.
-    #[arg(long, requires = "trigger")]
+    #[arg(long, requires = "trigger", allow_negative_numbers = true)]
     pub target: Option<i64>,
     /// Stop before `--rounds` once a round ends with the measured attack
     /// success rate below this fraction (e.g. 0.2); needs `--trigger`.
-    #[arg(long, value_name = "FRACTION", requires = "trigger")]
+    #[arg(long, value_name = "FRACTION", requires = "trigger", value_parser = unit_interval)]
     pub stop_below_asr: Option<f64>,
     /// Tolerance of the parity check of the written file (ONNX Runtime for
     /// ONNX, a libtorch reload for TorchScript): max absolute difference,
     /// relative to the output's scale when above 1 [default: 1e-4; 1e-2 for
     /// float16 ONNX models, 3e-2 for bfloat16 ones].
-    #[arg(long)]
+    #[arg(long, value_parser = super::non_negative_number, allow_negative_numbers = true)]
     pub parity_tolerance: Option<f64>,
     /// Write a JSON report (schema in README.md).
     #[arg(long, value_name = "FILE.json")]
@@ -183,7 +184,7 @@ pub struct Parity {
 }
 
 fn unit_interval(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
+    match s.trim().parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("`{s}` is not a share between 0 and 1")),
     }
@@ -285,15 +286,24 @@ fn torchscript_parity(
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let start = Instant::now();
-    if let Some(report) = &args.report {
-        crate::onnx::refuse_input_path(&args.model, report)?;
-    }
     let trigger = args
         .trigger
         .as_deref()
         .map(pipeline::parse_trigger)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    // Where this run writes, checked against everything it reads before
+    // any work (the model's external-data files once it is loaded).
+    let mut inputs = Inputs::default();
+    inputs.add(&args.model, "the input model");
+    inputs.extend(crate::data::files_read(&args.clean), "a --clean data file");
+    if let Some(test) = &args.test {
+        inputs.extend(crate::data::files_read(test), "a --test data file");
+    }
+    if let Some(t) = &trigger {
+        inputs.extend(t.files(), "a --trigger file");
+    }
+    let plan = OutputPlan::new(&inputs, &args.output, args.report.as_deref())?;
     let options = ImportOptions {
         device: args.device,
         freeze: args.freeze.clone(),
@@ -301,6 +311,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         ..Default::default()
     };
     let mut loaded = LoadedModel::load(&args.model, &options)?;
+    if let LoadedModel::Onnx { file, .. } = &loaded {
+        let mut external = Inputs::default();
+        external.extend(
+            file.external_files(),
+            "an external-data file of the input model",
+        );
+        plan.recheck(&external)?;
+    }
     if loaded.classifier().parameters().is_empty() {
         anyhow::bail!(
             "`{}` has no trainable weights: nothing to sanitize",
@@ -332,13 +350,18 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
     }
     let model = loaded.classifier();
+    pipeline::check_classes(model, &map, &clean, None, "--clean")?;
     let logits = loaded.logits_source();
     let test = match &args.test {
-        Some(path) => Some(TestSet {
-            data: pipeline::load_data(path, args.test_range.as_deref()).context("--test")?,
-            trigger: trigger.zip(args.target),
-            batch_size: 500,
-        }),
+        Some(path) => {
+            let data = pipeline::load_data(path, args.test_range.as_deref()).context("--test")?;
+            pipeline::check_classes(model, &map, &data, args.target, "--test")?;
+            Some(TestSet {
+                data,
+                trigger: trigger.zip(args.target),
+                batch_size: 500,
+            })
+        }
         None => None,
     };
     let config = Config {
@@ -461,15 +484,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => anyhow::Error::new(e).context("I-BAU"),
     })?;
     progress.finish_and_clear();
-    let mut after = rounds
-        .last()
-        .zip(test.as_ref())
-        .map(|(r, t)| Metrics {
-            acc: r.acc.unwrap_or(0.0),
-            asr: r.asr,
-            samples: t.data.len(),
-        })
-        .or(before.filter(|_| config.rounds == 0));
+    let mut after = rounds.last().zip(test.as_ref()).map(|(r, t)| Metrics {
+        acc: r.acc.unwrap_or(0.0),
+        asr: r.asr,
+        samples: t.data.len(),
+    });
     // Weights stored in float16/bfloat16 were trained as float32 master
     // weights; round them to what the file will hold, and measure that.
     if let LoadedModel::Onnx { model: graph, .. } = &loaded {
@@ -492,15 +511,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 .parity_tolerance
                 .unwrap_or_else(|| crate::graph::Graph::default_tolerance(file).0);
             let trained = crate::export::with_parameters(file, &model.graph.params)?;
-            crate::export::write_checked(&trained, &args.output, |path| {
+            crate::export::write_checked(&trained, &plan, |path| {
                 onnx_parity(path, model, &parity_inputs, tolerance)
             })?
         }
         LoadedModel::TorchScript(ts) => {
             let tolerance = args.parity_tolerance.unwrap_or(1e-4);
             crate::export::write_checked_with(
-                &args.model,
-                &args.output,
+                &plan,
                 |path| Ok(ts.save_trained(path)?),
                 |path| torchscript_parity(path, ts, &parity_inputs, tolerance),
             )?
@@ -541,7 +559,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         rounds,
         parity,
     };
-    if let Some(path) = &args.report {
+    if let Some(path) = &plan.report {
         let json = serde_json::to_vec_pretty(&report)?;
         crate::onnx::write_atomically(path, &json)?;
     }

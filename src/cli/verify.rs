@@ -13,6 +13,10 @@ use crate::onnx::Model;
 use crate::parity::{self, OrtSession};
 use crate::torchscript::{self, FileKind, TorchScript};
 
+/// The largest `--batch` (random inputs are also checked against the
+/// memory budget).
+const MAX_BATCH: i64 = 65536;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The ONNX model file, or a TorchScript file together with `--onnx`.
@@ -26,12 +30,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE.pt", value_parser = super::existing_file)]
     pub torchscript: Option<PathBuf>,
     /// Number of samples in the batch.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..=MAX_BATCH))]
     pub batch: i64,
     /// Tolerance on the max absolute difference, relative to the output's
     /// scale when that is above 1 [default: 1e-4; 1e-2 for float16 models,
     /// 3e-2 for bfloat16 ones, which ONNX Runtime computes in that precision].
-    #[arg(long)]
+    #[arg(long, value_parser = super::non_negative_number, allow_negative_numbers = true)]
     pub tolerance: Option<f64>,
     /// Seed of the random U[0,1) inputs.
     #[arg(long, default_value_t = 0)]
@@ -102,9 +106,17 @@ pub fn random_inputs(graph: &Graph, batch: i64, seed: i64) -> anyhow::Result<Vec
                     input.elem_type
                 );
             }
+            crate::limits::check_dims(
+                &shape,
+                4,
+                &format!(
+                    "a random batch for graph input `{}` ({shape:?})",
+                    input.name
+                ),
+            )?;
             // Rounded to the input's precision: every runtime sees the same values.
             Ok(crate::data::round_to(
-                &Tensor::rand(shape.as_slice(), (Kind::Float, tch::Device::Cpu)),
+                &Tensor::f_rand(shape.as_slice(), (Kind::Float, tch::Device::Cpu))?,
                 input.data_type,
             )?)
         })
@@ -146,7 +158,11 @@ fn compare_with(
     let theirs = session.run(inputs)?;
     let mut skipped = Vec::new();
     let tract_out = if tract {
-        match parity::tract_runtime::run(&model.path, inputs) {
+        match parity::tract_runtime::run_within(
+            &model.path,
+            inputs,
+            parity::tract_runtime::time_budget(),
+        ) {
             Ok(out) => Some(out),
             Err(e) => {
                 skipped.push(Skipped {
@@ -162,6 +178,21 @@ fn compare_with(
     let mut outputs = Vec::new();
     for (i, info) in graph.outputs.iter().enumerate().take(ours.len()) {
         let reference = &theirs[i];
+        // Nothing to compare when ONNX Runtime itself computes NaN or Inf:
+        // the file is broken, not a runtime.
+        let finite = reference
+            .f_isfinite()
+            .and_then(|t| t.f_all())
+            .map(|t| t.int64_value(&[]) != 0)
+            .unwrap_or(false);
+        if !finite {
+            anyhow::bail!(
+                "`{}`: output `{}` is not finite (NaN or Inf) in ONNX Runtime on random U[0,1) inputs; \
+                 the weights or the graph produce NaN/Inf, so there is nothing to compare",
+                model.path.display(),
+                info.name
+            );
+        }
         let scale = parity::max_abs(reference);
         let limit = tolerance * scale.max(1.0);
         let ort = parity::max_abs_diff(&ours[i], reference);
@@ -268,9 +299,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::outln(format_args!("{}", serde_json::to_string_pretty(&report)?))?;
     } else {
-        println!(
+        super::outln(format_args!(
             "{} (batch {}, tolerance {:e} for a {} model){}",
             onnx_path.display(),
             report.batch,
@@ -280,33 +311,33 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 Some(p) => format!(", compared with TorchScript {}", p.display()),
                 None => String::new(),
             }
-        );
+        ))?;
         for o in &report.outputs {
             let tract = o
                 .max_abs_diff
                 .tract
                 .map(|d| format!("{d:.3e}"))
                 .unwrap_or_else(|| "-".into());
-            println!(
+            super::outln(format_args!(
                 "  {:<24} ort {:.3e}  tract {}  (scale {:.3})  {}",
                 o.name,
                 o.max_abs_diff.ort,
                 tract,
                 o.scale,
                 if o.passed { "ok" } else { "DIFFERS" }
-            );
+            ))?;
         }
         for s in &report.skipped {
-            println!("  {} skipped: {}", s.runtime, s.reason);
+            super::outln(format_args!("  {} skipped: {}", s.runtime, s.reason))?;
         }
-        println!(
+        super::outln(format_args!(
             "{}",
             if report.passed {
                 "passed"
             } else {
                 "FAILED: a runtime disagrees"
             }
-        );
+        ))?;
     }
     Ok(if report.passed {
         Outcome::Success

@@ -5,11 +5,19 @@
 //! standard naming: `-images-idx3-ubyte` -> `-labels-idx1-ubyte` (also
 //! `-images.idx3-ubyte` -> `-labels.idx1-ubyte`), each tried gzipped and
 //! plain.
+//!
+//! The header is read first and the size it claims checked (against the
+//! file's size, and the memory budget of [`crate::limits`]) before the data;
+//! a gzip stream is never inflated past that size.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use flate2::read::GzDecoder;
+
 use super::{images_tensor, labels_tensor, DataError, Dataset, RawImages, SourceLayout};
+use crate::limits::{check_bytes, element_count, LimitError};
 
 /// IDX element types (third magic byte).
 const T_U8: u8 = 0x08;
@@ -54,60 +62,117 @@ fn elem_name(elem: u8) -> &'static str {
     }
 }
 
-fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::format(path, format!("corrupt gzip data: {e}")))?;
-        Ok(out)
+/// Reads an IDX file, gzipped or not, header first: the size the header
+/// claims is checked (against the file's size when it is not compressed, and
+/// against the memory budget) before any data is read, and a gzip stream is
+/// never inflated past it.
+fn read_idx(path: &Path) -> Result<Idx, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    let mut file = BufReader::new(file);
+    let head = file.fill_buf().map_err(|e| DataError::io(path, e))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        read_idx_stream(path, GzDecoder::new(file), None)
     } else {
-        Ok(bytes)
+        read_idx_stream(path, file, Some(len))
     }
 }
 
-fn read_idx(path: &Path) -> Result<Idx, DataError> {
-    let mut bytes = read_all(path)?;
-    if bytes.len() < 4 || !is_idx_magic(&bytes[..4]) {
+/// Reads IDX from `stream`; `file_len` is the file's size when the stream is
+/// the file itself rather than inflated from it.
+fn read_idx_stream(
+    path: &Path,
+    mut stream: impl Read,
+    file_len: Option<u64>,
+) -> Result<Idx, DataError> {
+    let source = if file_len.is_some() {
+        "the file"
+    } else {
+        "the gzip stream"
+    };
+    let read_error = |e: io::Error| match file_len {
+        Some(_) => DataError::io(path, e),
+        None => DataError::format(path, format!("corrupt gzip data: {e}")),
+    };
+    let mut magic = Vec::with_capacity(4);
+    (&mut stream)
+        .take(4)
+        .read_to_end(&mut magic)
+        .map_err(read_error)?;
+    if magic.len() < 4 || !is_idx_magic(&magic) {
         return Err(DataError::format(
             path,
             "not an IDX file (bad magic number)",
         ));
     }
-    let (elem, ndims) = (bytes[2], bytes[3] as usize);
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
+    let (elem, ndims) = (magic[2], magic[3] as usize);
+    let mut raw_dims = Vec::with_capacity(4 * ndims);
+    (&mut stream)
+        .take(4 * ndims as u64)
+        .read_to_end(&mut raw_dims)
+        .map_err(read_error)?;
+    if raw_dims.len() < 4 * ndims {
         return Err(DataError::format(path, "truncated IDX header"));
     }
-    let dims: Vec<usize> = bytes[4..header]
+    let dims: Vec<usize> = raw_dims
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let expected = dims
-        .iter()
-        .try_fold(elem_size(elem), |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| DataError::format(path, format!("IDX dimensions {dims:?} overflow")))?;
-    let got = bytes.len() - header;
-    if got != expected {
+    let claim = || format!("IDX header says {dims:?} of {}", elem_name(elem));
+    let data_what = format!("the IDX data ({dims:?} of {})", elem_name(elem));
+    let limit_error = |e: LimitError| DataError::format(path, e.to_string());
+    let dims_i64: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    let count = element_count(&dims_i64, &data_what).map_err(limit_error)?;
+    let expected = count as u64 * elem_size(elem) as u64;
+    if let Some(len) = file_len {
+        let got = len.saturating_sub(4 + 4 * ndims as u64);
+        if got != expected {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "{} ({expected} bytes) but the file holds {got} bytes of data",
+                    claim()
+                ),
+            ));
+        }
+    }
+    check_bytes(expected as u128, &data_what).map_err(limit_error)?;
+    let mut data = Vec::new();
+    if file_len.is_some() {
+        // The file is known to hold this much.
+        data.reserve_exact(expected as usize);
+    }
+    (&mut stream)
+        .take(expected)
+        .read_to_end(&mut data)
+        .map_err(read_error)?;
+    if (data.len() as u64) < expected {
         return Err(DataError::format(
             path,
             format!(
-                "IDX header says {dims:?} of {} ({expected} bytes) but the file holds {got} bytes of data",
-                elem_name(elem)
+                "{} ({expected} bytes) but {source} holds only {} bytes of data (truncated)",
+                claim(),
+                data.len()
             ),
         ));
     }
-    bytes.drain(..header);
-    Ok(Idx {
-        elem,
-        dims,
-        data: bytes,
-    })
+    // Data past what the header describes is an error, as it always was for
+    // plain files; one more byte says whether there is any (and, at the end
+    // of a gzip stream, has its checksum verified) without inflating the rest.
+    if stream.read(&mut [0u8]).map_err(read_error)? > 0 {
+        return Err(DataError::format(
+            path,
+            format!(
+                "{} ({expected} bytes) but {source} holds more data than that",
+                claim()
+            ),
+        ));
+    }
+    Ok(Idx { elem, dims, data })
 }
 
 /// Candidate label file paths beside an images file, in the order tried.
-fn label_candidates(images: &Path) -> Vec<PathBuf> {
+pub(super) fn label_candidates(images: &Path) -> Vec<PathBuf> {
     let Some(name) = images.file_name().and_then(|n| n.to_str()) else {
         return Vec::new();
     };
@@ -339,6 +404,108 @@ mod tests {
         let e = super::super::load(&short).unwrap_err().to_string();
         assert!(
             e.contains("s-images-idx3-ubyte") && e.contains("5 bytes"),
+            "{e}"
+        );
+    }
+
+    /// A gzip bomb posing as IDX: a header for four bytes, then 32 MiB of
+    /// zeros. Refused after one byte past the four, not inflated in full.
+    #[test]
+    fn idx_gzip_bomb_is_not_inflated() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("b-images-idx3-ubyte.gz");
+        let mut e = flate2::write::GzEncoder::new(
+            std::fs::File::create(&images).unwrap(),
+            flate2::Compression::fast(),
+        );
+        e.write_all(&idx_bytes(T_U8, &[1, 2, 2], &[0; 4])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..32 {
+            e.write_all(&zeros).unwrap();
+        }
+        e.finish().unwrap();
+        let e = super::super::load(&images).unwrap_err().to_string();
+        assert!(
+            e.contains("b-images-idx3-ubyte.gz") && e.contains("more data than that"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    /// The same bomb as an endless stream: reading stops at the header's size.
+    #[test]
+    fn idx_stream_is_read_no_further_than_its_header_says() {
+        let header = idx_bytes(T_U8, &[1, 2, 2], &[]);
+        let endless = std::io::Cursor::new(header).chain(std::io::repeat(7));
+        let e = read_idx_stream(Path::new("endless"), endless, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("endless") && e.contains("more data"), "{e}");
+        let exact = idx_bytes(T_U8, &[1, 2, 2], &[1, 2, 3, 4]);
+        let idx = read_idx_stream(Path::new("exact"), &exact[..], None).unwrap();
+        assert_eq!(idx.data, vec![1, 2, 3, 4]);
+    }
+
+    /// Headers claiming more than the budget, or more than a gzip stream
+    /// holds, fail before the data is read; so do labels.
+    #[test]
+    fn idx_claims_are_checked_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("h-images-idx3-ubyte.gz");
+        write(
+            &huge,
+            &idx_bytes(T_U8, &[60000, 60000, 60000], &[0; 100]),
+            true,
+        );
+        let e = super::super::load(&huge).unwrap_err().to_string();
+        assert!(
+            e.contains("h-images-idx3-ubyte.gz")
+                && e.contains("[60000, 60000, 60000]")
+                && e.contains(crate::limits::BUDGET_VARIABLE),
+            "{e}"
+        );
+
+        let short = dir.path().join("s-images-idx3-ubyte.gz");
+        write(&short, &idx_bytes(T_U8, &[2, 2, 2], &[0; 5]), true);
+        let e = super::super::load(&short).unwrap_err().to_string();
+        assert!(
+            e.contains("s-images-idx3-ubyte.gz")
+                && e.contains("only 5 bytes")
+                && e.contains("truncated"),
+            "{e}"
+        );
+
+        // Plain, the size of the data matches the header; over the budget (a
+        // sparse file, no disk is used).
+        let big = dir.path().join("p-images-idx3-ubyte");
+        let n = (crate::limits::memory_budget() >> 20) as u32 + 1;
+        write(&big, &idx_bytes(T_U8, &[n, 1024, 1024], &[]), false);
+        std::fs::File::options()
+            .write(true)
+            .open(&big)
+            .unwrap()
+            .set_len(16 + ((n as u64) << 20))
+            .unwrap();
+        let e = super::super::load(&big).unwrap_err().to_string();
+        assert!(
+            e.contains("p-images-idx3-ubyte") && e.contains(crate::limits::BUDGET_VARIABLE),
+            "{e}"
+        );
+
+        let images = dir.path().join("l-images-idx3-ubyte");
+        write(&images, &idx_bytes(T_U8, &[2, 1, 1], &[0; 2]), false);
+        write(
+            &dir.path().join("l-labels-idx1-ubyte.gz"),
+            &idx_bytes(T_I32, &[u32::MAX], &[0; 8]),
+            true,
+        );
+        let e = super::super::load(&images).unwrap_err().to_string();
+        // 16 GiB of int32 labels: over the default budget; truncated under
+        // a larger one.
+        assert!(
+            e.contains("l-labels-idx1-ubyte.gz")
+                && (e.contains(crate::limits::BUDGET_VARIABLE) || e.contains("truncated")),
             "{e}"
         );
     }

@@ -342,6 +342,19 @@ pub fn parse_range(s: &str) -> Result<Range<usize>, DataError> {
     Ok(start..end)
 }
 
+/// The files (or folder) that [`load`] reads for `path`: the path itself and,
+/// for IDX and `.npy` images, the label files it looks for beside them.
+pub fn files_read(path: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    if path.is_file() {
+        files.extend(idx::label_candidates(path));
+        files.extend(npy::npy_label_candidates(path));
+    }
+    files.retain(|p| p.exists());
+    files.dedup();
+    files
+}
+
 /// Loads a labelled image set, detecting its format:
 /// - a directory: one sub-folder per class (class index = sorted folder name
 ///   order), PNG/JPEG/BMP images of one size; grayscale gives `C = 1`,

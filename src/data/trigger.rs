@@ -24,6 +24,9 @@ use tch::{Kind, Tensor};
 
 use super::{folder, guess_4d_layout, images_tensor, npy, torch, DataError, SourceLayout};
 
+/// The largest patch size and position a trigger accepts, in pixels.
+pub const MAX_TRIGGER_PIXELS: i64 = 1 << 16;
+
 /// A trigger stamped on images to measure a backdoor.
 #[derive(Debug)]
 pub enum Trigger {
@@ -49,6 +52,21 @@ pub enum Trigger {
         pattern_file: PathBuf,
         mask_file: PathBuf,
     },
+}
+
+impl Trigger {
+    /// The files the trigger was read from (a pattern, a mask).
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            Trigger::Patch { .. } => vec![],
+            Trigger::Blend { pattern_file, .. } => vec![pattern_file],
+            Trigger::Mask {
+                pattern_file,
+                mask_file,
+                ..
+            } => vec![pattern_file, mask_file],
+        }
+    }
 }
 
 impl fmt::Display for Trigger {
@@ -117,19 +135,33 @@ impl<'a> Params<'a> {
             .ok_or_else(|| trigger_err(self.spec, format!("`{key}` is missing")))
     }
 
+    /// An integer of at most [`MAX_TRIGGER_PIXELS`] in size (images are not
+    /// larger; the bound keeps positions and sizes far from overflow).
     fn int(&self, key: &str, positive: bool) -> Result<i64, DataError> {
         let v = self.required(key)?;
-        match v.parse::<i64>() {
-            Ok(n) if !positive || n > 0 => Ok(n),
-            _ if positive => Err(trigger_err(
+        let kind = if positive {
+            "a positive integer"
+        } else {
+            "an integer"
+        };
+        let n = match v.parse::<i64>() {
+            Ok(n) if !positive || n > 0 => n,
+            _ => {
+                return Err(trigger_err(
+                    self.spec,
+                    format!("`{key}` must be {kind}, got `{v}`"),
+                ))
+            }
+        };
+        if n.unsigned_abs() > MAX_TRIGGER_PIXELS as u64 {
+            return Err(trigger_err(
                 self.spec,
-                format!("`{key}` must be a positive integer, got `{v}`"),
-            )),
-            _ => Err(trigger_err(
-                self.spec,
-                format!("`{key}` must be an integer, got `{v}`"),
-            )),
+                format!(
+                    "`{key}` must be {kind} of at most {MAX_TRIGGER_PIXELS} in size, got `{v}`"
+                ),
+            ));
         }
+        Ok(n)
     }
 
     /// A number in `[0, 1]`.

@@ -24,7 +24,7 @@ use ops::{Attrs, Kernel, NodeInfo, OpError, Registry};
 /// Errors importing or running a graph. Node-level errors name the node and op.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
-    #[error("{} unsupported op{} (nothing was computed):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, UnsupportedOp::list(.0))]
+    #[error("{} unsupported op{} (nothing was computed): {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, UnsupportedOp::list(.0))]
     Unsupported(Vec<UnsupportedOp>),
     #[error("node `{node}` ({op_type}): {source}")]
     Node {
@@ -49,6 +49,34 @@ pub enum GraphError {
     Input { name: String, reason: String },
     #[error("option `{option}`: {reason}")]
     Option { option: String, reason: String },
+    #[error("{0}")]
+    Limit(#[from] crate::limits::LimitError),
+}
+
+/// Whether a float tensor holds NaN or infinite values.
+enum NonFinite {
+    None,
+    Infinite,
+    NaN,
+}
+
+fn non_finite(t: &Tensor, name: &str) -> Result<NonFinite, GraphError> {
+    let wrap = |source| {
+        GraphError::Initializer(TensorError::Torch {
+            name: name.to_string(),
+            source,
+        })
+    };
+    let any = |t: Result<Tensor, tch::TchError>| -> Result<bool, GraphError> {
+        Ok(t.and_then(|t| t.f_any()).map_err(wrap)?.int64_value(&[]) != 0)
+    };
+    if any(t.f_isnan())? {
+        Ok(NonFinite::NaN)
+    } else if any(t.f_isinf())? {
+        Ok(NonFinite::Infinite)
+    } else {
+        Ok(NonFinite::None)
+    }
 }
 
 /// A node the importer cannot run.
@@ -71,12 +99,12 @@ impl UnsupportedOp {
                     &u.domain
                 };
                 format!(
-                    "  node `{}`: {} ({domain} opset {}): {}",
+                    "node `{}`: {} ({domain} opset {}): {}",
                     u.node, u.op_type, u.opset, u.reason
                 )
             })
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("; ")
     }
 }
 
@@ -445,10 +473,14 @@ impl Graph {
         let mut roles = Vec::new();
         let mut constants: Vec<(usize, Tensor)> = Vec::new();
         let mut constant_slots: HashSet<usize> = HashSet::new();
+        // Where each constant slot's tensor is in `constants`.
+        let mut constant_index: HashMap<usize, usize> = HashMap::new();
         for init in &graph.initializer {
             let name = init.name();
             let dtype = DataType(init.data_type());
-            let elements: i64 = init.dims.iter().product();
+            let elements =
+                crate::limits::element_count(&init.dims, &format!("initializer `{name}`"))?;
+            let mut tensor = tensor_from_proto(init)?;
             let (trainable, reason) = if !dtype.is_float() {
                 (false, "not a float tensor")
             } else if options.freeze.as_ref().is_some_and(|r| r.is_match(name)) {
@@ -460,7 +492,15 @@ impl Graph {
             } else if elements <= 1 {
                 (false, "one-element constant")
             } else {
-                (true, "weight")
+                match non_finite(&tensor, name)? {
+                    NonFinite::None => (true, "weight"),
+                    NonFinite::Infinite => (false, "holds infinite values (a mask, not a weight)"),
+                    NonFinite::NaN => {
+                        return Err(GraphError::Initializer(TensorError::NaN {
+                            name: name.to_string(),
+                        }))
+                    }
+                }
             };
             roles.push(InitializerRole {
                 name: name.to_string(),
@@ -470,7 +510,6 @@ impl Graph {
                 reason,
             });
             let s = slot(name, &mut slot_of);
-            let mut tensor = tensor_from_proto(init)?;
             let to_device = |t: Tensor| t.f_to_device(options.device);
             let wrap = |e| {
                 GraphError::Initializer(TensorError::Torch {
@@ -490,6 +529,7 @@ impl Graph {
                 params.tensors.push(tensor.set_requires_grad(true));
             } else {
                 constant_slots.insert(s);
+                constant_index.insert(s, constants.len());
                 constants.push((s, tensor));
             }
         }
@@ -537,17 +577,22 @@ impl Graph {
             if foldable {
                 let args: Vec<Option<&Tensor>> = in_slots
                     .iter()
-                    .map(|s| {
-                        s.and_then(|s| constants.iter().find(|(k, _)| *k == s).map(|(_, t)| t))
-                    })
+                    .map(|s| s.and_then(|s| constant_index.get(&s).map(|&k| &constants[k].1)))
                     .collect();
                 let results = tch::no_grad(|| kernel(&args))
                     .map_err(|e| node_err(&name, node.op_type(), e))?;
-                for (s, t) in out_slots.iter().zip(results) {
-                    constant_slots.insert(*s);
-                    constants.push((*s, t));
+                // Large constants are not kept: the node runs with the rest.
+                let small = results
+                    .iter()
+                    .all(|t| t.numel() as u128 <= crate::limits::MAX_FOLDED_ELEMENTS as u128);
+                if small {
+                    for (s, t) in out_slots.iter().zip(results) {
+                        constant_slots.insert(*s);
+                        constant_index.insert(*s, constants.len());
+                        constants.push((*s, t));
+                    }
+                    continue;
                 }
-                continue;
             }
             nodes.push(ExecNode {
                 name,

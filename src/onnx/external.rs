@@ -128,6 +128,60 @@ pub fn resolve_location(dir: &Path, location: &str) -> Result<PathBuf, String> {
     Ok(dir.join(rel))
 }
 
+/// Opens an external-data file for reading: every component below `dir`
+/// must be a real folder or file, never a symbolic link (a link inside the
+/// model's folder could point anywhere, and sanitize would copy what it
+/// reads into the model it writes), and the file must be a regular file (a
+/// FIFO would block, a device would never end).
+fn open_contained(dir: &Path, location: &str, path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut walked = dir.to_path_buf();
+    for component in Path::new(location).components() {
+        let Component::Normal(part) = component else {
+            continue;
+        };
+        walked.push(part);
+        let meta = std::fs::symlink_metadata(&walked)
+            .map_err(|e| format!("file `{}` cannot be opened: {e}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "location `{location}`: `{}` is a symbolic link; ibau does not follow links in external data",
+                walked.display()
+            ));
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("file `{}` cannot be opened: {e}", path.display()))?;
+    // Checked on the open file: it cannot be swapped after the check.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("file `{}`: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "file `{}` is not a regular file (a device, FIFO or folder)",
+            path.display()
+        ));
+    }
+    Ok(file)
+}
+
+/// The bytes a tensor's dims and element type need, when the type has a
+/// fixed size; over the memory budget is an error.
+fn expected_length(t: &TensorProto) -> Result<Option<u64>, String> {
+    let Some(size) = super::DataType(t.data_type()).byte_size() else {
+        return Ok(None);
+    };
+    let what = "the tensor";
+    let n = crate::limits::element_count(&t.dims, what).map_err(|e| e.to_string())?;
+    let bytes = (n as u128) * size as u128;
+    crate::limits::check_bytes(bytes, &format!("its shape {:?}", t.dims))
+        .map_err(|e| e.to_string())?;
+    Ok(Some(bytes as u64))
+}
+
 fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>, String> {
     use std::io::{Read, Seek, SeekFrom};
     let location = entry(t, "location").ok_or("has no `location` key")?;
@@ -141,16 +195,26 @@ fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>, String> {
             .transpose()
     };
     let offset = parse("offset")?.unwrap_or(0);
-    let mut file = std::fs::File::open(&path)
-        .map_err(|e| format!("file `{}` cannot be opened: {e}", path.display()))?;
+    let expected = expected_length(t)?;
+    let mut file = open_contained(dir, location, &path)?;
     let size = file
         .metadata()
         .map_err(|e| format!("file `{}`: {e}", path.display()))?
         .len();
     let length = match parse("length")? {
         Some(n) => n,
-        None => size.saturating_sub(offset),
+        None => expected.unwrap_or_else(|| size.saturating_sub(offset)),
     };
+    // Checked before reading: the dims and type say how many bytes belong
+    // to the tensor, whatever `length` claims.
+    if let Some(expected) = expected.filter(|&e| e != length) {
+        return Err(format!(
+            "`length` {length} does not match the {expected} bytes its shape {:?} needs",
+            t.dims
+        ));
+    }
+    crate::limits::check_bytes(length as u128, "the tensor's `length`")
+        .map_err(|e| e.to_string())?;
     if offset.checked_add(length).is_none_or(|end| end > size) {
         return Err(format!(
             "file `{}` is too short: {size} bytes, the tensor needs bytes {offset}..{}",

@@ -85,6 +85,21 @@ impl Model {
         })
     }
 
+    /// The external-data files the model reads, each once.
+    pub fn external_files(&self) -> Vec<PathBuf> {
+        let dir = crate::outputs::parent_folder(&self.path);
+        let mut files: Vec<PathBuf> = self
+            .external
+            .values()
+            .flatten()
+            .filter(|e| e.key() == "location")
+            .filter_map(|e| external::resolve_location(&dir, e.value()).ok())
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// The graph (every loaded model has one: `decode_model` checks).
     pub fn graph(&self) -> &proto::GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
@@ -163,6 +178,15 @@ pub fn refuse_input_path(input: &Path, output: &Path) -> Result<(), OnnxError> {
     Ok(())
 }
 
+/// The temporary file beside `path` that [`write_atomically`] writes first.
+pub fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    crate::outputs::parent_folder(path).join(format!(".{name}.{}.tmp", std::process::id()))
+}
+
 /// Writes `bytes` to a temporary file beside `path`, then renames it over
 /// `path`: readers never see a partly written file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
@@ -171,15 +195,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = temporary_path(path);
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;

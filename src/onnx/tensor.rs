@@ -27,6 +27,8 @@ pub enum TensorError {
         expected: usize,
         got: usize,
     },
+    #[error("tensor `{name}`: holds NaN values, which no weight can be")]
+    NaN { name: String },
     #[error("tensor `{name}`: negative dimension in shape {dims:?}")]
     BadShape { name: String, dims: Vec<i64> },
     #[error("tensor `{name}`: value {value} of uint64 does not fit in int64")]
@@ -89,7 +91,8 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
     // Bytes in the tch kind's layout (little endian, as on every host we build for).
     let bytes: Vec<u8> = if let Some(raw) = t.raw_data.as_ref() {
         let size = dtype.byte_size().expect("numeric types have a byte size");
-        if raw.len() != n * size {
+        // A shape whose byte size overflows can match no raw_data.
+        if n.checked_mul(size) != Some(raw.len()) {
             return Err(length_error("raw_data (bytes)", raw.len()));
         }
         match dtype {

@@ -43,6 +43,10 @@ fn environment() -> Result<&'static ort::environment::Environment, ParityError> 
         ort::init_from(&path)
             .map_err(|e| format!("loading `{}`: {e}", path.display()))?
             .with_name("ibau")
+            // ONNX Runtime's own log lines (coloured warnings about the
+            // file) would break the one-line error rule; its errors come
+            // back through the API and are reported there.
+            .with_logger(std::sync::Arc::new(|_, _, _, _, _| {}))
             .build()
             .map_err(|e| e.to_string())
     });

@@ -38,6 +38,8 @@ pub enum OpError {
     Torch(#[from] tch::TchError),
     #[error("{0}")]
     Tensor(#[from] crate::onnx::TensorError),
+    #[error("{0}")]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 pub type OpResult<T> = Result<T, OpError>;
@@ -285,6 +287,18 @@ pub mod util {
     /// Input `index` if present.
     pub fn input_opt<'t>(inputs: &[Option<&'t Tensor>], index: usize) -> Option<&'t Tensor> {
         inputs.get(index).copied().flatten()
+    }
+
+    /// Fails when an output of `dims` in `kind` would exceed the memory
+    /// budget (ops that make tensors from a shape: Expand, Tile,
+    /// ConstantOfShape, Range), before anything is allocated.
+    pub fn check_output(dims: &[i64], kind: Kind) -> OpResult<()> {
+        crate::limits::check_dims(
+            dims,
+            kind.elt_size_in_bytes(),
+            &format!("an output of shape {dims:?}"),
+        )?;
+        Ok(())
     }
 
     /// The values of an integer tensor input (shapes, axes, pads), on the CPU.

@@ -718,6 +718,7 @@ fn expand(_info: &NodeInfo) -> OpResult<Kernel> {
                 format!("shape {target:?} does not broadcast with the input's {dims:?}"),
             )
         })?;
+        util::check_output(&out, x.kind())?;
         Ok(vec![x.f_expand(out, false)?])
     }))
 }
@@ -737,6 +738,13 @@ fn tile(_info: &NodeInfo) -> OpResult<Kernel> {
                 ),
             ));
         }
+        let out: Vec<i64> = x
+            .size()
+            .iter()
+            .zip(&repeats)
+            .map(|(d, r)| d.saturating_mul(*r))
+            .collect();
+        util::check_output(&out, x.kind())?;
         Ok(vec![x.f_repeat(repeats)?])
     }))
 }
@@ -958,7 +966,9 @@ fn constant_of_shape(info: &NodeInfo) -> OpResult<Kernel> {
     Ok(Box::new(move |inputs| {
         let shape = util::ints(util::input(inputs, 0)?)?;
         check_dims(&shape, 0, "dimension")?;
-        Ok(vec![held.get()?.f_expand(shape, false)?.f_contiguous()?])
+        let value = held.get()?;
+        util::check_output(&shape, value.kind())?;
+        Ok(vec![value.f_expand(shape, false)?.f_contiguous()?])
     }))
 }
 
@@ -1000,6 +1010,7 @@ fn range(_info: &NodeInfo) -> OpResult<Kernel> {
             let n = span / d + i128::from(span % d != 0 && (span < 0) == (d < 0));
             i64::try_from(n.max(0)).unwrap_or(i64::MAX)
         };
+        util::check_output(&[count], start.kind())?;
         let steps = Tensor::f_arange(count, (start.kind(), start.device()))?;
         let values = steps
             .f_mul(&delta.f_reshape([0i64; 0])?)?

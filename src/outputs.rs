@@ -1,0 +1,359 @@
+//! Where a command may write, decided before any work.
+//!
+//! A registry runs ibau unattended on files nobody vetted, so the output
+//! paths are checked once, up front, against every file the command reads:
+//! the model, its external-data files, the data sets (with the label files
+//! found beside them) and trigger files, by canonical path and by inode (a
+//! hard link is the same file). Outputs must be regular files or not exist
+//! yet (never a device node, a FIFO or a directory), their folders must
+//! exist and be writable (the staging folder is made here, so a read-only
+//! folder fails before training), and the model, its external-data
+//! companion and the report are three different files.
+//!
+//! The staging folder `.ibau-staging-PID` beside the output is where the
+//! model is written and checked before it is moved into place; stale ones
+//! left by a killed run (their process is gone) are removed when a new plan
+//! is made in the same folder.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Why an output path is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("refusing to write `{path}`: {reason}")]
+    Refused { path: PathBuf, reason: String },
+    #[error("cannot write in folder `{folder}` (for `{path}`): {source}")]
+    Folder {
+        folder: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The files a command reads: outputs may be none of them.
+#[derive(Debug, Default, Clone)]
+pub struct Inputs {
+    files: Vec<(PathBuf, &'static str)>,
+}
+
+impl Inputs {
+    /// Records `path` (a file or a folder) as read, described as `what`
+    /// ("the input model", "a --clean file", ...).
+    pub fn add(&mut self, path: impl Into<PathBuf>, what: &'static str) -> &mut Self {
+        self.files.push((path.into(), what));
+        self
+    }
+
+    /// Records every path of `paths` as `what`.
+    pub fn extend<P: Into<PathBuf>>(
+        &mut self,
+        paths: impl IntoIterator<Item = P>,
+        what: &'static str,
+    ) -> &mut Self {
+        for p in paths {
+            self.add(p, what);
+        }
+        self
+    }
+
+    /// The input that `output` would overwrite (or write into, for a folder).
+    fn clash(&self, output: &Path) -> Option<&'static str> {
+        let out = Identity::of(output);
+        self.files
+            .iter()
+            .find(|(input, _)| out.clashes_with(&Identity::of(input)))
+            .map(|(_, what)| *what)
+    }
+}
+
+/// What a path is: its canonical form (the parent's, plus the file name, for
+/// a file not yet there) and, when it exists, its device and inode.
+#[derive(Debug)]
+struct Identity {
+    canonical: Option<PathBuf>,
+    inode: Option<(u64, u64)>,
+    is_dir: bool,
+}
+
+impl Identity {
+    fn of(path: &Path) -> Identity {
+        let canonical = path.canonicalize().ok().or_else(|| {
+            let parent = parent_folder(path).canonicalize().ok()?;
+            Some(parent.join(path.file_name()?))
+        });
+        let meta = std::fs::metadata(path).ok();
+        Identity {
+            canonical,
+            inode: meta.as_ref().map(|m| (m.dev(), m.ino())),
+            is_dir: meta.is_some_and(|m| m.is_dir()),
+        }
+    }
+
+    fn clashes_with(&self, input: &Identity) -> bool {
+        let same_inode = self.inode.is_some() && self.inode == input.inode;
+        let same_path = self.canonical.is_some() && self.canonical == input.canonical;
+        let inside = input.is_dir
+            && matches!((&self.canonical, &input.canonical), (Some(o), Some(i)) if o.starts_with(i));
+        same_inode || same_path || inside
+    }
+}
+
+/// The folder a path lives in (`.` for a bare file name).
+pub fn parent_folder(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The checked output paths of a command that writes a model (and maybe a
+/// report), with the staging folder already made. Dropping it removes the
+/// staging folder.
+#[derive(Debug)]
+pub struct OutputPlan {
+    pub model: PathBuf,
+    /// `<model file name>.data` beside the model: where external data goes.
+    pub companion: PathBuf,
+    pub report: Option<PathBuf>,
+    staging: PathBuf,
+}
+
+impl OutputPlan {
+    /// Checks `model` and `report` against `inputs` and each other, checks
+    /// their folders, removes stale staging folders, and makes this run's.
+    pub fn new(
+        inputs: &Inputs,
+        model: &Path,
+        report: Option<&Path>,
+    ) -> Result<OutputPlan, OutputError> {
+        let refuse = |path: &Path, reason: String| OutputError::Refused {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let name = model
+            .file_name()
+            .ok_or_else(|| refuse(model, "the output path has no file name".into()))?;
+        let companion = model.with_file_name(format!("{}.data", name.to_string_lossy()));
+        let mut outputs = vec![(model, "-o"), (companion.as_path(), "-o's external data")];
+        outputs.extend(report.map(|r| (r, "--report")));
+        for (path, _) in &outputs {
+            check_target(path)?;
+            if let Some(what) = inputs.clash(path) {
+                return Err(refuse(
+                    path,
+                    format!("it is {what}; choose another output path"),
+                ));
+            }
+        }
+        if let Some(report) = report {
+            for (path, what) in &outputs[..2] {
+                if Identity::of(report).clashes_with(&Identity::of(path)) {
+                    return Err(refuse(
+                        report,
+                        format!("--report would overwrite {what}; choose another report path"),
+                    ));
+                }
+            }
+            probe_writable(report)?;
+        }
+        let folder = parent_folder(model);
+        remove_stale_staging(&folder);
+        let staging = folder.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+        std::fs::create_dir_all(&staging).map_err(|source| OutputError::Folder {
+            folder: folder.clone(),
+            path: model.to_path_buf(),
+            source,
+        })?;
+        Ok(OutputPlan {
+            model: model.to_path_buf(),
+            companion,
+            report: report.map(Path::to_path_buf),
+            staging,
+        })
+    }
+
+    /// Checks the outputs again against inputs found after the plan was
+    /// made (the external-data files a model names).
+    pub fn recheck(&self, inputs: &Inputs) -> Result<(), OutputError> {
+        let outputs = [
+            Some(&self.model),
+            Some(&self.companion),
+            self.report.as_ref(),
+        ];
+        for path in outputs.into_iter().flatten() {
+            if let Some(what) = inputs.clash(path) {
+                return Err(OutputError::Refused {
+                    path: path.clone(),
+                    reason: format!("it is {what}; choose another output path"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// This run's staging folder, beside the model output.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+}
+
+impl Drop for OutputPlan {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+const STAGING_PREFIX: &str = ".ibau-staging-";
+
+/// An output must be a regular file (or a link to one, which is replaced,
+/// not followed) or not exist yet, in a folder that exists.
+fn check_target(path: &Path) -> Result<(), OutputError> {
+    let refuse = |reason: &str| OutputError::Refused {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if path.as_os_str().is_empty() {
+        return Err(refuse("the path is empty"));
+    }
+    let folder = parent_folder(path);
+    match std::fs::metadata(&folder) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(refuse(&format!("`{}` is not a folder", folder.display()))),
+        Err(_) => {
+            return Err(refuse(&format!(
+                "folder `{}` does not exist",
+                folder.display()
+            )))
+        }
+    }
+    // Follow a link for the kind of what it points at: renaming onto the
+    // link replaces the link, but a link to a device says the user meant it.
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "it is a directory"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "it is a device, not a regular file"
+    } else if kind.is_fifo() {
+        "it is a FIFO, not a regular file"
+    } else if kind.is_socket() {
+        "it is a socket, not a regular file"
+    } else {
+        "it is not a regular file"
+    };
+    Err(refuse(what))
+}
+
+/// Makes and removes the temporary file that writing `path` atomically will
+/// use, so that a folder ibau cannot write in fails before the work.
+fn probe_writable(path: &Path) -> Result<(), OutputError> {
+    let tmp = crate::onnx::temporary_path(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .map_err(|source| OutputError::Folder {
+            folder: parent_folder(path),
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Removes `.ibau-staging-PID` folders in `folder` whose process is gone
+/// (a run killed with SIGKILL leaves its folder behind). Only where /proc
+/// tells which processes are alive.
+fn remove_stale_staging(folder: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.file_type().is_ok_and(|t| t.is_dir());
+        if ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_that_are_inputs_or_devices_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("a.onnx");
+        let data = dir.path().join("vgg.onnx.data");
+        std::fs::write(&model, b"m").unwrap();
+        std::fs::write(&data, b"d").unwrap();
+        let mut inputs = Inputs::default();
+        inputs.add(&model, "the input model");
+        inputs.add(&data, "an external-data file of the input model");
+        // The companion of -o vgg.onnx is the input's data file.
+        let err = OutputPlan::new(&inputs, &dir.path().join("vgg.onnx"), None).unwrap_err();
+        assert!(err.to_string().contains("external-data"), "{err}");
+        // A hard link to the input is the input.
+        let link = dir.path().join("hard.onnx");
+        std::fs::hard_link(&model, &link).unwrap();
+        assert!(OutputPlan::new(&inputs, &link, None).is_err());
+        // Devices, directories, missing folders.
+        assert!(OutputPlan::new(&inputs, Path::new("/dev/null"), None).is_err());
+        assert!(OutputPlan::new(&inputs, dir.path(), None).is_err());
+        assert!(OutputPlan::new(&inputs, &dir.path().join("no/such/out.onnx"), None).is_err());
+        // Report onto the model.
+        let out = dir.path().join("out.onnx");
+        assert!(OutputPlan::new(&inputs, &out, Some(&out)).is_err());
+        assert!(OutputPlan::new(&inputs, &out, Some(&dir.path().join("out.onnx.data"))).is_err());
+        assert!(OutputPlan::new(&inputs, &out, Some(&dir.path().join("missing/r.json"))).is_err());
+        // A good plan makes its staging folder and removes it when dropped.
+        let plan = OutputPlan::new(&inputs, &out, Some(&dir.path().join("r.json"))).unwrap();
+        let staging = plan.staging().to_path_buf();
+        assert!(staging.is_dir());
+        drop(plan);
+        assert!(!staging.exists());
+        assert_eq!(std::fs::read(&model).unwrap(), b"m");
+        assert_eq!(std::fs::read(&data).unwrap(), b"d");
+    }
+
+    #[test]
+    fn outputs_inside_a_data_folder_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(images.join("cat")).unwrap();
+        let mut inputs = Inputs::default();
+        inputs.add(&images, "a --clean folder");
+        assert!(OutputPlan::new(&inputs, &images.join("cat/out.onnx"), None).is_err());
+        assert!(OutputPlan::new(&inputs, &dir.path().join("out.onnx"), None).is_ok());
+    }
+
+    #[test]
+    fn stale_staging_folders_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // PID 4194304 is above Linux's largest pid_max: never alive.
+        let stale = dir.path().join(".ibau-staging-4194304");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("out.onnx"), b"half").unwrap();
+        let plan = OutputPlan::new(&Inputs::default(), &dir.path().join("out.onnx"), None).unwrap();
+        assert!(!stale.exists());
+        drop(plan);
+    }
+}
