@@ -271,7 +271,7 @@ fn sanitize_writes_a_torchscript_file_python_reads_back() {
         "--clean-range",
         "0:100",
         "--rounds",
-        "0",
+        "1",
         "-o",
         input.to_str().unwrap(),
     ]);
