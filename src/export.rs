@@ -18,8 +18,12 @@ pub enum ExportError {
     Tensor(#[from] TensorError),
     #[error("{0}")]
     Onnx(#[from] OnnxError),
-    #[error("parity check of the written file failed, nothing was written: {0}")]
-    Parity(String),
+    #[error("parity check of `{path}` failed, nothing was written: {source}")]
+    Parity {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{0}")]
     TorchScript(#[from] crate::torchscript::TorchScriptError),
     #[error("{0}")]
@@ -48,10 +52,10 @@ pub fn with_parameters(model: &Model, params: &Parameters) -> Result<Model, Expo
 
 /// Writes `model` to the plan's model path only if `check` accepts the
 /// written file (see [`write_checked_with`]).
-pub fn write_checked<T>(
+pub fn write_checked<T, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     model: &Model,
     plan: &OutputPlan,
-    check: impl FnOnce(&Path) -> Result<T, String>,
+    check: impl FnOnce(&Path) -> Result<T, E>,
 ) -> Result<T, ExportError> {
     write_checked_with(plan, |p| Ok(model.save(p)?), check)
 }
@@ -62,10 +66,10 @@ pub fn write_checked<T>(
 /// and finally the model are moved into place. The plan has checked both
 /// paths against every input before any work. On any failure nothing is
 /// left at the output.
-pub fn write_checked_with<T>(
+pub fn write_checked_with<T, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     plan: &OutputPlan,
     save: impl FnOnce(&Path) -> Result<(), ExportError>,
-    check: impl FnOnce(&Path) -> Result<T, String>,
+    check: impl FnOnce(&Path) -> Result<T, E>,
 ) -> Result<T, ExportError> {
     let io = |path: &Path, source| OnnxError::Io {
         path: path.to_path_buf(),
@@ -79,7 +83,10 @@ pub fn write_checked_with<T>(
     let companion_name = plan.companion.file_name();
     let result = (|| {
         save(&staged)?;
-        let value = check(&staged).map_err(ExportError::Parity)?;
+        let value = check(&staged).map_err(|source| ExportError::Parity {
+            path: plan.model.clone(),
+            source: source.into(),
+        })?;
         // The companion first, so the model never points at a missing file.
         for entry in std::fs::read_dir(plan.staging()).map_err(|e| io(plan.staging(), e))? {
             let entry = entry.map_err(|e| io(plan.staging(), e))?;

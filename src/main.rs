@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 /// The message of the first panic, kept by the panic hook.
 static PANIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn main() -> ExitCode {
-    let cli = match ibau::cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         let _ = PANIC.set(format!("{message}{place}"));
     }));
-    let result = std::panic::catch_unwind(|| ibau::cli::run(cli)).unwrap_or_else(|_| {
+    let result = std::panic::catch_unwind(|| cli::run(cli)).unwrap_or_else(|_| {
         let what = PANIC.get().cloned().unwrap_or_default();
         Err(anyhow::anyhow!(
             "internal error (a bug in ibau, please report it with the file): {what}"

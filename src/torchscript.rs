@@ -8,7 +8,7 @@
 //! - [`TorchScript`] is the module in eval mode with its floating-point
 //!   parameters trainable (buffers, such as BatchNorm running statistics, are
 //!   not parameters and stay as they are); it implements
-//!   [`Classifier`](crate::ibau::Classifier), so I-BAU runs on it through the
+//!   [`crate::ibau::Classifier`] so I-BAU runs on it through the
 //!   same code as on an imported ONNX graph.
 //! - [`TorchScript::save_trained`] writes the original archive again (same
 //!   modules, code, parameter names and dtypes, same devices) with only the
@@ -192,7 +192,33 @@ pub struct ParamInfo {
     pub elements: i64,
     pub trainable: bool,
     /// Why a parameter is not trained (`null` when it is).
-    pub reason: Option<String>,
+    pub reason: Option<FrozenParameter>,
+}
+
+/// Why a TorchScript parameter is not trained; serialized as its sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrozenParameter {
+    NotFloat,
+    SharedStorage,
+    FrozenByOption,
+}
+
+impl std::fmt::Display for FrozenParameter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrozenParameter::NotFloat => "not a float tensor",
+            FrozenParameter::SharedStorage => {
+                "shares its storage with an earlier parameter (trained once)"
+            }
+            FrozenParameter::FrozenByOption => "frozen by --freeze",
+        })
+    }
+}
+
+impl serde::Serialize for FrozenParameter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// A TorchScript module in eval mode, ready for I-BAU.
@@ -266,11 +292,11 @@ impl TorchScript {
             let kind = tensor.kind();
             let frozen_by = |r: Option<&Regex>| r.is_some_and(|r| r.is_match(&name));
             let reason = if !is_float(kind) {
-                Some("not a float tensor".to_string())
+                Some(FrozenParameter::NotFloat)
             } else if !seen.insert(tensor.data_ptr() as usize) {
-                Some("shares its storage with an earlier parameter (trained once)".to_string())
+                Some(FrozenParameter::SharedStorage)
             } else if frozen_by(freeze) && !frozen_by(train) {
-                Some("frozen by --freeze".to_string())
+                Some(FrozenParameter::FrozenByOption)
             } else {
                 None
             };

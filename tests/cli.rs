@@ -309,8 +309,15 @@ fn bad_options_exit_2() {
         "9000:20000",
     ]);
     assert_error(&out, "9000:20000");
-    let out = ibau(&["verify", path_str(&model), "--device", "tpu"]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = ibau(&[
+        "eval",
+        path_str(&model),
+        "--data",
+        "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+        "--device",
+        "tpu",
+    ]);
+    assert_error(&out, "tpu");
 }
 
 /// Data prepared differently from training (here a normalisation the model
@@ -341,4 +348,38 @@ fn low_clean_accuracy_warns_about_preprocessing() {
     );
     let right = run(&[]);
     assert!(!right.contains("warning"), "{right}");
+}
+
+/// The parity gate refuses a written file that differs from the trained
+/// module (tolerance 0: any rounding difference between libtorch and ONNX
+/// Runtime): exit 2, nothing at `-o`, no staging folder left.
+#[test]
+fn a_failed_parity_gate_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.onnx");
+    let out = ibau(&[
+        "sanitize",
+        path_str(&common::fixture("vgg_badnets_legacy.onnx")),
+        "--clean",
+        "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+        "--clean-range",
+        "0:100",
+        "--rounds",
+        "1",
+        "--search",
+        "paper",
+        "--parity-tolerance",
+        "0",
+        "-o",
+        path_str(&output),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: parity check of `") && last.contains("out.onnx"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ibau::cli::pipeline::{load_classifier, GraphClassifier};
 use ibau::graph::ImportOptions;
 use ibau::ibau::{
     hypergradient, perturbation_search, Batch, Classifier, Config, Optimizer, OptimizerKind, Search,
 };
+use ibau::model::{load_classifier, GraphClassifier};
 use tch::{Kind, Tensor};
 
 use crate::common;

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ibau::onnx::build::{self, int64s, node};
 use ibau::onnx::proto::{
-    tensor_shape_proto::{dimension::Value as DimValue, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto::dimension::Value as DimValue, NodeProto, StringStringEntryProto,
+    TensorProto,
 };
 
 use crate::common::{self, decode_fixture, dims_mut, write_model};
@@ -69,6 +69,8 @@ fn run_with(args: &[&str], env: &[(&str, &str)], stdout: Option<Stdio>) -> Run {
             Ok(())
         });
     }
+    // Reaped by wait4 below (clippy cannot see it).
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd.spawn().expect("the ibau binary runs");
     let start = Instant::now();
     // wait4 rather than try_wait: it also tells the child's peak memory.
@@ -202,53 +204,8 @@ fn vgg_with_external_first(dir: &Path, location: &str, length: Option<u64>) -> P
     write_model(dir, "model.onnx", &model)
 }
 
-fn tensor_value(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem_type),
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            value: Some(DimValue::DimValue(d)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn int64s(name: &str, values: &[i64]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        data_type: Some(7),
-        dims: if values.len() == 1 {
-            vec![]
-        } else {
-            vec![values.len() as i64]
-        },
-        int64_data: values.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-    NodeProto {
-        name: Some(name.into()),
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-/// A model of `nodes` on one float input `x` of `input_dims`, output `y`.
+/// A model of `nodes` on one float input `x` of `input_dims`, output `y`
+/// (its shape left for the run to tell).
 fn small_model(
     dir: &Path,
     name: &str,
@@ -256,26 +213,9 @@ fn small_model(
     nodes: Vec<NodeProto>,
     initializer: Vec<TensorProto>,
 ) -> PathBuf {
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("hostile".into()),
-            node: nodes,
-            initializer,
-            input: vec![tensor_value("x", 1, input_dims)],
-            output: vec![ValueInfoProto {
-                name: Some("y".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    write_model(dir, name, &model)
+    let mut model = build::model(nodes, initializer, &[("x", input_dims)], &[("y", &[])]);
+    model.proto.graph.as_mut().unwrap().output[0].r#type = None;
+    write_model(dir, name, &model.proto)
 }
 
 // 1. ------------------------------------------------------------------------
@@ -439,9 +379,9 @@ fn sizes_that_overflow_or_exceed_the_budget_are_errors_not_panics() {
             &["y"],
         )],
         vec![
-            int64s("start", &[0]),
-            int64s("limit", &[10_000_000_000_000]),
-            int64s("delta", &[1]),
+            int64s("start", &[], &[0]),
+            int64s("limit", &[], &[10_000_000_000_000]),
+            int64s("delta", &[], &[1]),
         ],
     );
     assert_refused(&run(&["inspect", s(&range)]), "big_range");
@@ -507,13 +447,8 @@ fn nothing_hangs_on_huge_constants_fifos_or_long_graphs() {
         &[1],
         vec![node("big_expand", "Expand", &["one", "shape"], &["y"])],
         vec![
-            TensorProto {
-                name: Some("one".into()),
-                data_type: Some(1),
-                float_data: vec![1.0],
-                ..Default::default()
-            },
-            int64s("shape", &[1_000_000, 1_000_000]),
+            build::floats("one", &[], &[1.0]),
+            int64s("shape", &[2], &[1_000_000, 1_000_000]),
         ],
     );
     assert_refused(&run(&["inspect", s(&expand)]), "big_expand");
@@ -544,13 +479,7 @@ fn nothing_hangs_on_huge_constants_fifos_or_long_graphs() {
         let op = if i % 2 == 0 { "Add" } else { "Mul" };
         nodes.push(node(&format!("n{i}"), op, &[&input, "c"], &[&output]));
     }
-    let c = TensorProto {
-        name: Some("c".into()),
-        data_type: Some(1),
-        dims: vec![4],
-        float_data: vec![1.0, 1.0, 1.0, 1.0],
-        ..Default::default()
-    };
+    let c = build::floats("c", &[4], &[1.0; 4]);
     let long = small_model(dir.path(), "long.onnx", &[1, 4], nodes, vec![c]);
     let out = run_with(
         &["verify", s(&long), "--json"],

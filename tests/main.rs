@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod conformance;
+mod fuzz;
 mod gradient_parity;
 mod hostile;
 mod roundtrip;

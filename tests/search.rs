@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use ibau::cli::pipeline::load_classifier;
 use ibau::graph::ImportOptions;
 use ibau::ibau::{targeted_search, Batch, Classifier, Config, SearchMemory};
+use ibau::model::load_classifier;
 use tch::Kind;
 
 use crate::common;

@@ -7,9 +7,9 @@
 use prost::Message;
 use tch::{Device, Kind, Tensor};
 
-use ibau::cli::pipeline::load_classifier;
 use ibau::graph::{rebatch, ImportOptions};
 use ibau::ibau::Classifier;
+use ibau::model::load_classifier;
 use ibau::onnx::proto::{
     tensor_shape_proto::dimension::Value as DimValue, type_proto, GraphProto, NodeProto,
     TensorProto, ValueInfoProto,
@@ -156,7 +156,7 @@ fn chunked_runs_match_one_run() {
     let whole = tch::no_grad(|| model.logits(&x)).unwrap();
     model.fixed_batch = Some(3);
     model.chunked = true;
-    let chunks = ibau::cli::pipeline::fixed_batch_chunks(&x, 3).unwrap();
+    let chunks = ibau::model::fixed_batch_chunks(&x, 3).unwrap();
     assert_eq!(
         chunks
             .iter()

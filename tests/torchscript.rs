@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use ibau::cli::pipeline::{load_classifier, LoadedModel};
 use ibau::graph::ImportOptions;
 use ibau::ibau::{hypergradient, perturbation_search, Batch, Classifier, Config, Search};
+use ibau::model::{load_classifier, Model};
 use tch::{Device, Kind, Tensor};
 
 use crate::common::{self, ibau, stderr, stdout};
@@ -126,9 +126,9 @@ fn state_dicts_and_pickled_modules_are_refused_with_advice() {
 /// second derivatives and land close to the ONNX back end's.
 #[test]
 fn torchscript_back_end_agrees_with_the_onnx_export() {
-    let ts = match LoadedModel::load(&common::fixture("vgg_badnets_traced.pt"), &cpu()).unwrap() {
-        LoadedModel::TorchScript(ts) => ts,
-        LoadedModel::Onnx { .. } => panic!("the traced fixture is TorchScript"),
+    let ts = match Model::load(&common::fixture("vgg_badnets_traced.pt"), &cpu()).unwrap() {
+        Model::TorchScript(ts) => ts,
+        Model::Onnx { .. } => panic!("the traced fixture is TorchScript"),
     };
     let (_, onnx) = load_classifier(&common::fixture("vgg_badnets_bn.onnx"), &cpu()).unwrap();
     assert_eq!(ts.names, onnx.graph.params.names);

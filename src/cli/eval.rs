@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use super::pipeline::{self, InputMap, LoadedModel, Preprocess, TestSet};
-use super::Outcome;
-use crate::graph::ImportOptions;
+use super::{Outcome, PreprocessArgs};
+use ibau::graph::ImportOptions;
+use ibau::{evaluate, InputMap, Model, TestSet};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,7 +14,7 @@ pub struct Args {
     pub model: PathBuf,
     /// Labelled images: IDX (`*-images-idx3-ubyte[.gz]`), .npz, or a folder
     /// with one sub-folder per class.
-    #[arg(long, value_parser = pipeline::existing_path)]
+    #[arg(long, value_parser = super::existing_path)]
     pub data: PathBuf,
     /// Samples to use, `A:B` (end excluded; `A:` or `:B` open).
     #[arg(long, value_name = "A:B")]
@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, requires = "trigger", allow_negative_numbers = true)]
     pub target: Option<i64>,
     #[command(flatten)]
-    pub preprocess: Preprocess,
+    pub preprocess: PreprocessArgs,
     #[arg(long, default_value = "auto", value_parser = super::parse_device)]
     pub device: tch::Device,
     /// Print {"acc", "asr", "samples"} as JSON.
@@ -37,30 +37,25 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let trigger = args
-        .trigger
-        .as_deref()
-        .map(pipeline::parse_trigger)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let trigger = super::trigger_option(args.trigger.as_deref())?;
     let options = ImportOptions {
         device: args.device,
         ..Default::default()
     };
-    let model = LoadedModel::load(&args.model, &options)?;
+    let model = Model::load(&args.model, &options)?;
     if let Some(note) = model.batch_note() {
         eprintln!("batch: {note}");
     }
-    let data = pipeline::load_data(&args.data, args.range.as_deref())?;
-    let map = InputMap::new(&model, &args.preprocess, &data)?;
-    pipeline::check_classes(model.classifier(), &map, &data, args.target, "--data")?;
+    let data = ibau::data::load_range(&args.data, args.range.as_deref())?;
+    let map = InputMap::new(&model, &args.preprocess.to_library(), &data)?;
+    evaluate::check_classes(model.classifier(), &map, &data, args.target, "--data")?;
     let test = TestSet {
         data,
         trigger: trigger.zip(args.target),
         batch_size: 500,
     };
-    let metrics = pipeline::evaluate(model.classifier(), &map, &test)?;
-    if let Some(hint) = pipeline::low_accuracy_hint(metrics.acc, "the data") {
+    let metrics = ibau::evaluate(model.classifier(), &map, &test)?;
+    if let Some(hint) = evaluate::low_accuracy_hint(metrics.acc, "the data") {
         eprintln!("warning: {hint}");
     }
     if args.json {

@@ -3,13 +3,13 @@
 
 pub mod eval;
 pub mod inspect;
-pub mod pipeline;
 pub mod sanitize;
 pub mod verify;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use ibau::data::{Layout, Trigger};
 
 /// How a successful command ended; errors exit with 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,61 @@ pub enum Command {
     /// Remove a backdoor with I-BAU and write the cleaned model, checked by
     /// ONNX Runtime before it is written.
     Sanitize(Box<sanitize::Args>),
+}
+
+/// Data options shared by the commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PreprocessArgs {
+    /// How images map onto the model input; by default the one layout that
+    /// fits the model's declared input shape.
+    #[arg(long, value_name = "nchw|nhwc|flat|hw")]
+    pub layout: Option<Layout>,
+    /// Per-channel mean subtracted after scaling to [0,1] (e.g. 0.5 or 0.49,0.48,0.45).
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "M[,M..]", value_parser = finite_number, allow_negative_numbers = true)]
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation divided by after the mean (above 0).
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "S[,S..]", value_parser = positive_number, allow_negative_numbers = true)]
+    pub std: Vec<f64>,
+}
+
+fn finite_number(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number")),
+    }
+}
+
+impl PreprocessArgs {
+    /// The library's form of these options.
+    pub fn to_library(&self) -> ibau::Preprocess {
+        ibau::Preprocess {
+            layout: self.layout,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+}
+
+/// Parses a trigger option, naming it in the error.
+pub fn parse_trigger(spec: &str) -> Result<Trigger, String> {
+    spec.parse::<Trigger>().map_err(|e| e.to_string())
+}
+
+/// `--trigger`, parsed when given.
+pub fn trigger_option(spec: Option<&str>) -> anyhow::Result<Option<Trigger>> {
+    spec.map(parse_trigger)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A data path, checked to exist.
+pub fn existing_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("`{s}` does not exist"))
+    }
 }
 
 /// Runs a parsed command line.

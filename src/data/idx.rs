@@ -206,16 +206,7 @@ pub(super) fn load(path: &Path) -> Result<Dataset, DataError> {
             ),
         ));
     }
-    let tried = label_candidates(path);
-    let labels_path =
-        tried
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-            .ok_or_else(|| DataError::MissingLabels {
-                images: path.to_path_buf(),
-                tried: tried.clone(),
-            })?;
+    let labels_path = super::find_labels(path, label_candidates(path))?;
     let labels = read_labels(&labels_path)?;
 
     let (n, h, w) = (images.dims[0], images.dims[1], images.dims[2]);

@@ -342,6 +342,18 @@ pub fn parse_range(s: &str) -> Result<Range<usize>, DataError> {
     Ok(start..end)
 }
 
+/// The first of `tried` that exists: the labels file beside `images`.
+fn find_labels(images: &Path, tried: Vec<PathBuf>) -> Result<PathBuf, DataError> {
+    tried
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| DataError::MissingLabels {
+            images: images.to_path_buf(),
+            tried,
+        })
+}
+
 /// The files (or folder) that [`load`] reads for `path`: the path itself and,
 /// for IDX and `.npy` images, the label files it looks for beside them.
 pub fn files_read(path: &Path) -> Vec<PathBuf> {
@@ -353,6 +365,20 @@ pub fn files_read(path: &Path) -> Vec<PathBuf> {
     files.retain(|p| p.exists());
     files.dedup();
     files
+}
+
+/// [`load`] with an optional `A:B` range of samples; an empty result is an
+/// error naming the source.
+pub fn load_range(path: &Path, range: Option<&str>) -> Result<Dataset, DataError> {
+    let dataset = load(path)?;
+    let dataset = match range {
+        Some(r) => dataset.slice(parse_range(r)?)?,
+        None => dataset,
+    };
+    if dataset.is_empty() {
+        return Err(DataError::format(path, "holds no samples"));
+    }
+    Ok(dataset)
 }
 
 /// Loads a labelled image set, detecting its format:

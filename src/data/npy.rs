@@ -728,16 +728,7 @@ pub(super) fn npy_label_candidates(images: &Path) -> Vec<PathBuf> {
 
 /// Loads an images `.npy` and the labels `.npy` beside it.
 pub(super) fn load_npy_pair(path: &Path) -> Result<Dataset, DataError> {
-    let tried = npy_label_candidates(path);
-    let labels_path =
-        tried
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-            .ok_or_else(|| DataError::MissingLabels {
-                images: path.to_path_buf(),
-                tried: tried.clone(),
-            })?;
+    let labels_path = super::find_labels(path, npy_label_candidates(path))?;
     let images = read_image_array(&mut NpyFile(path))?;
     let (labels, _) = read_label_array(&mut NpyFile(&labels_path))?;
     build_dataset(path, "the array", images, &labels_path, labels)

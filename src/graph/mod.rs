@@ -1,12 +1,15 @@
 //! Import: a decoded ONNX model -> our own executable graph on tch.
 //!
-//! Nodes are sorted topologically (file order is not trusted), every value gets
-//! a slot, float initializers that act as weights become trainable tensors
-//! ([`Parameters`], with a two-way map to their ONNX names), and nodes whose
-//! inputs are all constant (shape chains, folded constants) are evaluated once
-//! here. [`Graph::forward`] then runs the remaining nodes eagerly, so that tch
-//! autograd can differentiate the result twice.
+//! [`Graph::import`] runs the phases of the `import` module: nodes are checked
+//! and sorted topologically (file order is not trusted), float initializers
+//! that act as weights become trainable tensors ([`Parameters`], with a
+//! two-way map to their ONNX names), every node gets its kernel from the op
+//! registry ([`ops`]), and nodes whose inputs are all constant (shape chains,
+//! folded constants) are evaluated once there. [`Graph::forward`] then runs
+//! the remaining nodes eagerly, so that tch autograd can differentiate the
+//! result twice.
 
+mod import;
 pub mod ops;
 pub mod rebatch;
 
@@ -18,8 +21,9 @@ use tch::{Device, Kind, Tensor};
 use crate::onnx::proto::{
     tensor_shape_proto::dimension::Value as DimValue, type_proto, ValueInfoProto,
 };
-use crate::onnx::{tensor_from_proto, DataType, Model, TensorError};
-use ops::{Attrs, Kernel, NodeInfo, OpError, Registry};
+use crate::onnx::{DataType, Model, TensorError};
+pub use import::{InitializerRole, ParamRole};
+use ops::{Kernel, OpError, Registry};
 
 /// Errors importing or running a graph. Node-level errors name the node and op.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,15 @@ pub enum GraphError {
         op_type: String,
         value: String,
     },
+    #[error("node `{node}` ({op_type}): output `{value}` is already written by node `{first}` ({first_op_type})")]
+    DuplicateOutput {
+        node: String,
+        op_type: String,
+        value: String,
+        /// The node that writes the value first, in file order.
+        first: String,
+        first_op_type: String,
+    },
     #[error("graph output `{0}` is not produced by any node, initializer or graph input")]
     MissingOutput(String),
     #[error("the graph has a cycle through node `{node}` ({op_type})")]
@@ -51,32 +64,6 @@ pub enum GraphError {
     Option { option: String, reason: String },
     #[error("{0}")]
     Limit(#[from] crate::limits::LimitError),
-}
-
-/// Whether a float tensor holds NaN or infinite values.
-enum NonFinite {
-    None,
-    Infinite,
-    NaN,
-}
-
-fn non_finite(t: &Tensor, name: &str) -> Result<NonFinite, GraphError> {
-    let wrap = |source| {
-        GraphError::Initializer(TensorError::Torch {
-            name: name.to_string(),
-            source,
-        })
-    };
-    let any = |t: Result<Tensor, tch::TchError>| -> Result<bool, GraphError> {
-        Ok(t.and_then(|t| t.f_any()).map_err(wrap)?.int64_value(&[]) != 0)
-    };
-    if any(t.f_isnan())? {
-        Ok(NonFinite::NaN)
-    } else if any(t.f_isinf())? {
-        Ok(NonFinite::Infinite)
-    } else {
-        Ok(NonFinite::None)
-    }
 }
 
 /// A node the importer cannot run.
@@ -273,16 +260,6 @@ impl Parameters {
     }
 }
 
-/// Why an initializer is or is not trainable (for `inspect`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct InitializerRole {
-    pub name: String,
-    pub dtype: String,
-    pub elements: i64,
-    pub trainable: bool,
-    pub reason: &'static str,
-}
-
 struct ExecNode {
     name: String,
     op_type: String,
@@ -351,31 +328,37 @@ impl Graph {
 
 /// The ops of `model` that the registry cannot run, every one of them.
 pub fn unsupported_ops(model: &Model, registry: &Registry) -> Vec<UnsupportedOp> {
-    let mut found = Vec::new();
-    for (i, node) in model.graph().node.iter().enumerate() {
-        let domain = node.domain();
-        let opset = model.opset(domain).unwrap_or(0);
-        let reason = if !(domain.is_empty() || domain == "ai.onnx") {
-            Some(format!("domain `{domain}` is not supported"))
-        } else if registry.find(node.op_type(), opset).is_none() {
-            Some(match registry.op_types().contains(&node.op_type()) {
-                true => format!("opset {opset} of this op is not supported"),
-                false => "op not supported".to_string(),
-            })
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            found.push(UnsupportedOp {
-                node: node_name(node.name(), i),
-                op_type: node.op_type().to_string(),
-                domain: domain.to_string(),
-                opset,
-                reason,
-            });
+    (0..model.graph().node.len())
+        .filter_map(|i| unsupported_op(model, registry, i))
+        .collect()
+}
+
+/// Node `index` of `model` when the registry cannot run it.
+pub(crate) fn unsupported_op(
+    model: &Model,
+    registry: &Registry,
+    index: usize,
+) -> Option<UnsupportedOp> {
+    let node = &model.graph().node[index];
+    let domain = node.domain();
+    let opset = model.opset(domain).unwrap_or(0);
+    let reason = if !(domain.is_empty() || domain == "ai.onnx") {
+        format!("domain `{domain}` is not supported")
+    } else if registry.find(node.op_type(), opset).is_none() {
+        match registry.op_types().contains(&node.op_type()) {
+            true => format!("opset {opset} of this op is not supported"),
+            false => "op not supported".to_string(),
         }
-    }
-    found
+    } else {
+        return None;
+    };
+    Some(UnsupportedOp {
+        node: node_name(node.name(), index),
+        op_type: node.op_type().to_string(),
+        domain: domain.to_string(),
+        opset,
+        reason,
+    })
 }
 
 /// A node's name for messages, `#index` when it has none.
@@ -388,255 +371,6 @@ pub(crate) fn node_name(name: &str, index: usize) -> String {
 }
 
 impl Graph {
-    /// Imports `model`. Fails, before computing anything, with the list of every
-    /// unsupported op when there is one.
-    pub fn import(
-        model: &Model,
-        registry: &Registry,
-        options: &ImportOptions,
-    ) -> Result<Graph, GraphError> {
-        let unsupported = unsupported_ops(model, registry);
-        if !unsupported.is_empty() {
-            return Err(GraphError::Unsupported(unsupported));
-        }
-        let graph = model.graph();
-        let node_err = |node: &str, op_type: &str, source: OpError| GraphError::Node {
-            node: node.to_string(),
-            op_type: op_type.to_string(),
-            source: Box::new(source),
-        };
-
-        // Slots: one per value name.
-        let mut slot_of: HashMap<String, usize> = HashMap::new();
-        let slot = |name: &str, slot_of: &mut HashMap<String, usize>| -> usize {
-            let next = slot_of.len();
-            *slot_of.entry(name.to_string()).or_insert(next)
-        };
-        let initializer_names: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
-        let inputs: Vec<ValueInfo> = graph
-            .input
-            .iter()
-            .filter(|v| !initializer_names.contains(v.name()))
-            .map(ValueInfo::from_proto)
-            .collect();
-        let outputs: Vec<ValueInfo> = graph.output.iter().map(ValueInfo::from_proto).collect();
-        let input_slots: Vec<usize> = inputs.iter().map(|v| slot(&v.name, &mut slot_of)).collect();
-
-        // Producers, for the topological sort.
-        let mut producer: HashMap<&str, usize> = HashMap::new();
-        for (i, node) in graph.node.iter().enumerate() {
-            for out in node.output.iter().filter(|o| !o.is_empty()) {
-                producer.insert(out.as_str(), i);
-            }
-        }
-        let available: HashSet<&str> = inputs
-            .iter()
-            .map(|v| v.name.as_str())
-            .chain(initializer_names.iter().copied())
-            .collect();
-        for (i, node) in graph.node.iter().enumerate() {
-            for input in node.input.iter().filter(|n| !n.is_empty()) {
-                if !producer.contains_key(input.as_str()) && !available.contains(input.as_str()) {
-                    return Err(GraphError::MissingValue {
-                        node: node_name(node.name(), i),
-                        op_type: node.op_type().to_string(),
-                        value: input.clone(),
-                    });
-                }
-            }
-        }
-        for out in &outputs {
-            if !producer.contains_key(out.name.as_str()) && !available.contains(out.name.as_str()) {
-                return Err(GraphError::MissingOutput(out.name.clone()));
-            }
-        }
-        let order = topological_order(graph, &producer)?;
-
-        // Which values lie on a differentiable path to an output.
-        let mut on_path: HashSet<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-        for &i in order.iter().rev() {
-            let node = &graph.node[i];
-            if !node.output.iter().any(|o| on_path.contains(o.as_str())) {
-                continue;
-            }
-            let opset = model.opset(node.domain()).unwrap_or(0);
-            let spec = registry.find(node.op_type(), opset).expect("checked above");
-            for (k, input) in node.input.iter().enumerate() {
-                if !input.is_empty() && spec.differentiable.includes(k) {
-                    on_path.insert(input.as_str());
-                }
-            }
-        }
-
-        // Initializers: trainable parameters or frozen constants.
-        let mut params = Parameters::default();
-        let mut roles = Vec::new();
-        let mut constants: Vec<(usize, Tensor)> = Vec::new();
-        let mut constant_slots: HashSet<usize> = HashSet::new();
-        // Where each constant slot's tensor is in `constants`.
-        let mut constant_index: HashMap<usize, usize> = HashMap::new();
-        for init in &graph.initializer {
-            let name = init.name();
-            let dtype = DataType(init.data_type());
-            let elements =
-                crate::limits::element_count(&init.dims, &format!("initializer `{name}`"))?;
-            let mut tensor = tensor_from_proto(init)?;
-            let (trainable, reason) = if !dtype.is_float() {
-                (false, "not a float tensor")
-            } else if options.freeze.as_ref().is_some_and(|r| r.is_match(name)) {
-                (false, "frozen by --freeze")
-            } else if options.train.as_ref().is_some_and(|r| r.is_match(name)) {
-                (true, "trained by --train")
-            } else if !on_path.contains(name) {
-                (false, "not on a differentiable path to an output")
-            } else if elements <= 1 {
-                (false, "one-element constant")
-            } else {
-                match non_finite(&tensor, name)? {
-                    NonFinite::None => (true, "weight"),
-                    NonFinite::Infinite => (false, "holds infinite values (a mask, not a weight)"),
-                    NonFinite::NaN => {
-                        return Err(GraphError::Initializer(TensorError::NaN {
-                            name: name.to_string(),
-                        }))
-                    }
-                }
-            };
-            roles.push(InitializerRole {
-                name: name.to_string(),
-                dtype: dtype.name().to_string(),
-                elements,
-                trainable,
-                reason,
-            });
-            let s = slot(name, &mut slot_of);
-            let to_device = |t: Tensor| t.f_to_device(options.device);
-            let wrap = |e| {
-                GraphError::Initializer(TensorError::Torch {
-                    name: name.to_string(),
-                    source: e,
-                })
-            };
-            if dtype.is_float() {
-                tensor = tensor.f_to_kind(options.float_kind).map_err(wrap)?;
-            }
-            tensor = to_device(tensor).map_err(wrap)?;
-            if trainable {
-                params.index.insert(name.to_string(), params.tensors.len());
-                params.names.push(name.to_string());
-                params.dtypes.push(dtype);
-                params.slots.push(s);
-                params.tensors.push(tensor.set_requires_grad(true));
-            } else {
-                constant_slots.insert(s);
-                constant_index.insert(s, constants.len());
-                constants.push((s, tensor));
-            }
-        }
-
-        // Build kernels in order; fold nodes whose inputs are all constant.
-        let mut nodes = Vec::new();
-        for &i in &order {
-            let node = &graph.node[i];
-            let name = node_name(node.name(), i);
-            let opset = model.opset(node.domain()).unwrap_or(0);
-            let spec = registry.find(node.op_type(), opset).expect("checked above");
-            let n_in = node.input.len();
-            let n_out = node.output.len();
-            if !spec.inputs.contains(&n_in) || !spec.outputs.contains(&n_out) {
-                return Err(node_err(
-                    &name,
-                    node.op_type(),
-                    OpError::Unsupported(format!(
-                        "{n_in} inputs and {n_out} outputs; the op takes {:?} inputs and {:?} outputs",
-                        spec.inputs, spec.outputs
-                    )),
-                ));
-            }
-            let info = NodeInfo {
-                name: &name,
-                op_type: node.op_type(),
-                opset,
-                attrs: Attrs::new(&node.attribute),
-                num_inputs: n_in,
-                num_outputs: n_out,
-                float_kind: options.float_kind,
-                device: options.device,
-            };
-            let kernel = (spec.build)(&info).map_err(|e| node_err(&name, node.op_type(), e))?;
-            let in_slots: Vec<Option<usize>> = node
-                .input
-                .iter()
-                .map(|n| (!n.is_empty()).then(|| slot(n, &mut slot_of)))
-                .collect();
-            let out_slots: Vec<usize> = node.output.iter().map(|n| slot(n, &mut slot_of)).collect();
-            let foldable = in_slots
-                .iter()
-                .flatten()
-                .all(|s| constant_slots.contains(s));
-            if foldable {
-                let args: Vec<Option<&Tensor>> = in_slots
-                    .iter()
-                    .map(|s| s.and_then(|s| constant_index.get(&s).map(|&k| &constants[k].1)))
-                    .collect();
-                let results = tch::no_grad(|| kernel(&args))
-                    .map_err(|e| node_err(&name, node.op_type(), e))?;
-                // Large constants are not kept: the node runs with the rest.
-                let small = results
-                    .iter()
-                    .all(|t| t.numel() as u128 <= crate::limits::MAX_FOLDED_ELEMENTS as u128);
-                if small {
-                    for (s, t) in out_slots.iter().zip(results) {
-                        constant_slots.insert(*s);
-                        constant_index.insert(*s, constants.len());
-                        constants.push((*s, t));
-                    }
-                    continue;
-                }
-            }
-            nodes.push(ExecNode {
-                name,
-                op_type: node.op_type().to_string(),
-                inputs: in_slots,
-                outputs: out_slots,
-                kernel,
-            });
-        }
-        let output_slots: Vec<usize> = outputs
-            .iter()
-            .map(|o| slot(&o.name, &mut slot_of))
-            .collect();
-
-        // Free each value after its last reader, except graph outputs.
-        let mut last_reader: HashMap<usize, usize> = HashMap::new();
-        for (k, node) in nodes.iter().enumerate() {
-            for s in node.inputs.iter().flatten() {
-                last_reader.insert(*s, k);
-            }
-        }
-        let mut frees = vec![Vec::new(); nodes.len()];
-        for (s, k) in last_reader {
-            if !output_slots.contains(&s) {
-                frees[k].push(s);
-            }
-        }
-
-        Ok(Graph {
-            inputs,
-            outputs,
-            params,
-            roles,
-            float_kind: options.float_kind,
-            device: options.device,
-            nodes,
-            slot_count: slot_of.len(),
-            constants,
-            input_slots,
-            output_slots,
-            frees,
-        })
-    }
-
     /// Runs the graph on `inputs` (one tensor per graph input, in order).
     /// Float inputs are converted to the graph's float kind and device.
     pub fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, GraphError> {
@@ -710,46 +444,4 @@ impl Graph {
     pub fn runtime_node_count(&self) -> usize {
         self.nodes.len()
     }
-}
-
-fn topological_order(
-    graph: &crate::onnx::proto::GraphProto,
-    producer: &HashMap<&str, usize>,
-) -> Result<Vec<usize>, GraphError> {
-    let n = graph.node.len();
-    let mut indegree = vec![0usize; n];
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, node) in graph.node.iter().enumerate() {
-        let deps: HashSet<usize> = node
-            .input
-            .iter()
-            .filter_map(|name| producer.get(name.as_str()).copied())
-            .collect();
-        indegree[i] = deps.len();
-        for d in deps {
-            readers[d].push(i);
-        }
-    }
-    // Kahn's algorithm, keeping file order among ready nodes.
-    let mut ready: std::collections::BTreeSet<usize> =
-        (0..n).filter(|&i| indegree[i] == 0).collect();
-    let mut order = Vec::with_capacity(n);
-    while let Some(i) = ready.pop_first() {
-        order.push(i);
-        for &r in &readers[i] {
-            indegree[r] -= 1;
-            if indegree[r] == 0 {
-                ready.insert(r);
-            }
-        }
-    }
-    if order.len() < n {
-        let stuck = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
-        let node = &graph.node[stuck];
-        return Err(GraphError::Cycle {
-            node: node_name(node.name(), stuck),
-            op_type: node.op_type().to_string(),
-        });
-    }
-    Ok(order)
 }

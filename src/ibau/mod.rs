@@ -29,6 +29,8 @@ pub use search::{
 pub enum TrainError {
     #[error("model: {0}")]
     Model(String),
+    #[error(transparent)]
+    Graph(#[from] Box<crate::graph::GraphError>),
     #[error("{0}")]
     Torch(#[from] tch::TchError),
     #[error("{0}")]

@@ -8,7 +8,7 @@ use tch::Tensor;
 
 use super::TrainError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Adam,

@@ -18,7 +18,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use super::{cross_entropy, squared_norm, Batch, Classifier, Config, TrainError};
 
 /// How a round finds its perturbation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Search {
     /// The paper's untargeted universal perturbation.

@@ -3,6 +3,7 @@
 //! convert `TensorProto` to and from `tch::Tensor`. Nothing after import sees
 //! protobuf types, except the exporter that writes trained weights back.
 
+pub mod build;
 pub mod dtype;
 pub mod external;
 pub mod tensor;

@@ -41,6 +41,20 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     diff.max().double_value(&[])
 }
 
+/// Whether two runs agree: their largest absolute difference `diff` is
+/// within `tolerance` times the reference's `scale` when that is above 1
+/// (absolute below). The one comparison behind `verify` and the parity gate
+/// of `sanitize`.
+pub fn within(diff: f64, scale: f64, tolerance: f64) -> bool {
+    diff <= tolerance * scale.max(1.0)
+}
+
+/// The largest absolute difference of `ours` and `reference`, relative to
+/// the reference's scale when that is above 1 (what [`within`] compares).
+pub fn relative_difference(ours: &Tensor, reference: &Tensor) -> f64 {
+    max_abs_diff(ours, reference) / max_abs(reference).max(1.0)
+}
+
 /// The largest absolute value of a tensor (its scale, for relative tolerances).
 pub fn max_abs(t: &Tensor) -> f64 {
     if t.numel() == 0 {

@@ -343,75 +343,25 @@ fn build_dropout(info: &NodeInfo) -> OpResult<Kernel> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gradcheck::{
-        assert_close, attr, build, check_second_derivative, kernel_fn, values,
+    use super::super::gradcheck::{check_second_derivative, check_unary, kernel_fn};
+    use super::super::testing::{
+        assert_approx, attr, build, build_with_outputs, run, try_build, values,
     };
-    use super::super::Attrs;
     use super::*;
-    use crate::onnx::proto::AttributeProto;
-
-    fn try_build(
-        op: &'static str,
-        opset: i64,
-        attrs: &[AttributeProto],
-        num_inputs: usize,
-        num_outputs: usize,
-    ) -> OpResult<Kernel> {
-        let reg = Registry::standard();
-        let spec = reg.find(op, opset).expect("registered");
-        let info = NodeInfo {
-            name: "test",
-            op_type: op,
-            opset,
-            attrs: Attrs::new(attrs),
-            num_inputs,
-            num_outputs,
-            float_kind: Kind::Double,
-            device: tch::Device::Cpu,
-        };
-        (spec.build)(&info)
-    }
-
-    fn build_with_outputs(
-        op: &'static str,
-        opset: i64,
-        attrs: &[AttributeProto],
-        num_inputs: usize,
-        num_outputs: usize,
-    ) -> Kernel {
-        try_build(op, opset, attrs, num_inputs, num_outputs).expect("kernel builds")
-    }
-
-    fn run(op: &str, opset: i64, attrs: &[AttributeProto], inputs: &[Tensor]) -> Vec<Tensor> {
-        let kernel = build(op, opset, attrs, inputs.len());
-        let args: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-        kernel(&args).expect("kernel runs")
-    }
-
-    fn run1(op: &str, opset: i64, attrs: &[AttributeProto], inputs: &[Tensor]) -> Tensor {
-        run(op, opset, attrs, inputs).remove(0)
-    }
 
     fn sample() -> Tensor {
         Tensor::from_slice(&[-1.7f64, -0.4, 0.3, 1.2, 2.5, -2.2]).view([2, 3])
     }
 
-    fn second(op: &str, opset: i64, attrs: &[AttributeProto], x: &Tensor) {
-        let kernel = build(op, opset, attrs, 1);
-        let inputs = [x.shallow_clone()];
-        check_second_derivative(kernel_fn(&kernel, &inputs, 0), x)
-            .unwrap_or_else(|e| panic!("{op}: {e}"));
-    }
-
     #[test]
     fn relu_family_values() {
         let x = Tensor::from_slice(&[-2.0f64, -0.5, 0.0, 1.5]);
-        assert_close(
-            &run1("Relu", 14, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("Relu", 14, &[], &[x.shallow_clone()]),
             &[0.0, 0.0, 0.0, 1.5],
         );
-        assert_close(
-            &run1(
+        assert_approx(
+            &run(
                 "LeakyRelu",
                 16,
                 &[attr::float("alpha", 0.1)],
@@ -419,12 +369,12 @@ mod tests {
             ),
             &[-0.2, -0.05, 0.0, 1.5],
         );
-        assert_close(
-            &run1("LeakyRelu", 6, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("LeakyRelu", 6, &[], &[x.shallow_clone()]),
             &[-0.02, -0.005, 0.0, 1.5],
         );
-        assert_close(
-            &run1(
+        assert_approx(
+            &run(
                 "ThresholdedRelu",
                 10,
                 &[attr::float("alpha", 1.0)],
@@ -433,7 +383,7 @@ mod tests {
             &[0.0, 0.0, 0.0, 1.5],
         );
         let int = Tensor::from_slice(&[-3i64, 4]);
-        let y = run1("Relu", 14, &[], &[int]);
+        let y = run("Relu", 14, &[], &[int]);
         assert_eq!(y.kind(), Kind::Int64);
         assert_eq!(Vec::<i64>::try_from(&y).unwrap(), vec![0, 4]);
     }
@@ -442,14 +392,14 @@ mod tests {
     fn prelu_broadcasts_slope() {
         let x = Tensor::from_slice(&[-1.0f64, -2.0, 3.0, -4.0]).view([1, 2, 2, 1]);
         let slope = Tensor::from_slice(&[0.5f64, 0.25]).view([2, 1, 1]);
-        assert_close(
-            &run1("PRelu", 16, &[], &[x.shallow_clone(), slope]),
+        assert_approx(
+            &run("PRelu", 16, &[], &[x.shallow_clone(), slope]),
             &[-0.5, -1.0, 3.0, -1.0],
         );
         // Legacy per-channel slope of shape [C] against NCHW.
         let slope = Tensor::from_slice(&[0.5f64, 0.25]);
-        assert_close(
-            &run1("PRelu", 6, &[], &[x.shallow_clone(), slope.shallow_clone()]),
+        assert_approx(
+            &run("PRelu", 6, &[], &[x.shallow_clone(), slope.shallow_clone()]),
             &[-0.5, -1.0, 3.0, -1.0],
         );
         // From opset 7 the same slope broadcasts numpy-style, which fails here.
@@ -461,18 +411,18 @@ mod tests {
     fn exponential_units_values() {
         let x = Tensor::from_slice(&[-1.0f64, 0.0, 2.0]);
         let e = (-1.0f64).exp_m1();
-        assert_close(
-            &run1("Elu", 6, &[attr::float("alpha", 2.0)], &[x.shallow_clone()]),
+        assert_approx(
+            &run("Elu", 6, &[attr::float("alpha", 2.0)], &[x.shallow_clone()]),
             &[2.0 * e, 0.0, 2.0],
         );
         let (a, g) = (1.673_263_192_176_818_8f64, 1.050_701_022_148_132_3f64);
-        let y = run1("Selu", 6, &[], &[x.shallow_clone()]);
+        let y = run("Selu", 6, &[], &[x.shallow_clone()]);
         let got = values(&y);
         for (v, want) in got.iter().zip([g * a * e, 0.0, 2.0 * g]) {
             assert!((v - want).abs() < 1e-6, "{got:?}");
         }
-        assert_close(
-            &run1(
+        assert_approx(
+            &run(
                 "Celu",
                 12,
                 &[attr::float("alpha", 2.0)],
@@ -482,39 +432,39 @@ mod tests {
         );
         // Large inputs do not overflow the unused exponential branch.
         let big = Tensor::from_slice(&[1000.0f64]).set_requires_grad(true);
-        let y = run1("Elu", 6, &[], &[big.shallow_clone()]);
+        let y = run("Elu", 6, &[], &[big.shallow_clone()]);
         let g = Tensor::run_backward(&[y.sum(Kind::Double)], &[&big], false, false);
-        assert_close(&g[0], &[1.0]);
+        assert_approx(&g[0], &[1.0]);
     }
 
     #[test]
     fn smooth_activation_values() {
         let x = Tensor::from_slice(&[-3.0f64, 0.0, 1.0, 4.0]);
-        assert_close(
-            &run1("HardSigmoid", 6, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("HardSigmoid", 6, &[], &[x.shallow_clone()]),
             &[0.0, 0.5, 0.7, 1.0],
         );
-        assert_close(
-            &run1("HardSwish", 14, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("HardSwish", 14, &[], &[x.shallow_clone()]),
             &[0.0, 0.0, 1.0 * (1.0 / 6.0 + 0.5), 4.0],
         );
-        assert_close(
-            &run1("Softsign", 1, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("Softsign", 1, &[], &[x.shallow_clone()]),
             &[-0.75, 0.0, 0.5, 0.8],
         );
         let sp: Vec<f64> = [-3.0f64, 0.0, 1.0, 4.0]
             .iter()
             .map(|v| v.exp().ln_1p())
             .collect();
-        assert_close(&run1("Softplus", 1, &[], &[x.shallow_clone()]), &sp);
+        assert_approx(&run("Softplus", 1, &[], &[x.shallow_clone()]), &sp);
         let mish: Vec<f64> = [-3.0f64, 0.0, 1.0, 4.0]
             .iter()
             .zip(&sp)
             .map(|(v, s)| v * s.tanh())
             .collect();
-        assert_close(&run1("Mish", 18, &[], &[x.shallow_clone()]), &mish);
+        assert_approx(&run("Mish", 18, &[], &[x.shallow_clone()]), &mish);
         let exact = values(&(&x * ((&x / 2f64.sqrt()).erf() + 1.0) * 0.5));
-        assert_close(&run1("Gelu", 20, &[], &[x.shallow_clone()]), &exact);
+        assert_approx(&run("Gelu", 20, &[], &[x.shallow_clone()]), &exact);
         let tanh: Vec<f64> = [-3.0f64, 0.0, 1.0, 4.0]
             .iter()
             .map(|v| {
@@ -522,8 +472,8 @@ mod tests {
                 0.5 * v * (1.0 + inner.tanh())
             })
             .collect();
-        assert_close(
-            &run1("Gelu", 20, &[attr::string("approximate", "tanh")], &[x]),
+        assert_approx(
+            &run("Gelu", 20, &[attr::string("approximate", "tanh")], &[x]),
             &tanh,
         );
     }
@@ -538,49 +488,49 @@ mod tests {
     #[test]
     fn piecewise_constant_values() {
         let x = Tensor::from_slice(&[-1.5f64, -0.5, 0.5, 2.5, 0.0]);
-        assert_close(
-            &run1("Round", 11, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("Round", 11, &[], &[x.shallow_clone()]),
             &[-2.0, -0.0, 0.0, 2.0, 0.0],
         );
-        assert_close(
-            &run1("Floor", 13, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("Floor", 13, &[], &[x.shallow_clone()]),
             &[-2.0, -1.0, 0.0, 2.0, 0.0],
         );
-        assert_close(
-            &run1("Ceil", 13, &[], &[x.shallow_clone()]),
+        assert_approx(
+            &run("Ceil", 13, &[], &[x.shallow_clone()]),
             &[-1.0, -0.0, 1.0, 3.0, 0.0],
         );
-        assert_close(&run1("Sign", 13, &[], &[x]), &[-1.0, -1.0, 1.0, 1.0, 0.0]);
+        assert_approx(&run("Sign", 13, &[], &[x]), &[-1.0, -1.0, 1.0, 1.0, 0.0]);
     }
 
     #[test]
     fn clip_attribute_and_input_bounds() {
         let x = Tensor::from_slice(&[-2.0f64, 0.5, 3.0]);
         let attrs = [attr::float("min", -1.0), attr::float("max", 1.0)];
-        assert_close(
-            &run1("Clip", 6, &attrs, &[x.shallow_clone()]),
+        assert_approx(
+            &run("Clip", 6, &attrs, &[x.shallow_clone()]),
             &[-1.0, 0.5, 1.0],
         );
-        assert_close(
-            &run1("Clip", 6, &[attr::float("max", 0.0)], &[x.shallow_clone()]),
+        assert_approx(
+            &run("Clip", 6, &[attr::float("max", 0.0)], &[x.shallow_clone()]),
             &[-2.0, 0.0, 0.0],
         );
         let min = Tensor::from_slice(&[-1.0f64]).view([]);
         let max = Tensor::from_slice(&[1.0f64]).view([]);
         let kernel = build("Clip", 13, &[], 3);
         let y = kernel(&[Some(&x), None, Some(&max)]).unwrap().remove(0);
-        assert_close(&y, &[-2.0, 0.5, 1.0]);
+        assert_approx(&y, &[-2.0, 0.5, 1.0]);
         let y = kernel(&[Some(&x), Some(&min)]).unwrap().remove(0);
-        assert_close(&y, &[-1.0, 0.5, 3.0]);
+        assert_approx(&y, &[-1.0, 0.5, 3.0]);
         let y = kernel(&[Some(&x), Some(&min), Some(&max)])
             .unwrap()
             .remove(0);
-        assert_close(&y, &[-1.0, 0.5, 1.0]);
+        assert_approx(&y, &[-1.0, 0.5, 1.0]);
         // min > max: every value becomes max.
         let y = kernel(&[Some(&x), Some(&max), Some(&min)])
             .unwrap()
             .remove(0);
-        assert_close(&y, &[-1.0, -1.0, -1.0]);
+        assert_approx(&y, &[-1.0, -1.0, -1.0]);
         let ints = Tensor::from_slice(&[-5i8, 3, 9]);
         let hi = Tensor::from_slice(&[4i8]).view([]);
         let y = kernel(&[Some(&ints), None, Some(&hi)]).unwrap().remove(0);
@@ -595,31 +545,31 @@ mod tests {
     fn softmax_axis_semantics_by_opset() {
         let x = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0, 0.0, -1.0, 0.5, 0.5]).view([2, 2, 2]);
         // Opset 13: along the last axis.
-        let y = run1("Softmax", 13, &[], &[x.shallow_clone()]);
+        let y = run("Softmax", 13, &[], &[x.shallow_clone()]);
         let sums = values(&y.sum_dim_intlist([-1i64].as_slice(), false, Kind::Double));
-        assert_close(&Tensor::from_slice(&sums), &[1.0; 4]);
+        assert_approx(&Tensor::from_slice(&sums), &[1.0; 4]);
         // Opset 11, axis 1: the last two axes together form one distribution.
-        let y = run1("Softmax", 11, &[], &[x.shallow_clone()]);
+        let y = run("Softmax", 11, &[], &[x.shallow_clone()]);
         let sums = values(&y.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double));
-        assert_close(&Tensor::from_slice(&sums), &[1.0; 2]);
+        assert_approx(&Tensor::from_slice(&sums), &[1.0; 2]);
         let direct = x.view([2, 4]).softmax(1, Kind::Double).view([2, 2, 2]);
-        assert_close(&y, &values(&direct));
+        assert_approx(&y, &values(&direct));
         // LogSoftmax agrees with log(Softmax).
-        let ly = run1(
+        let ly = run(
             "LogSoftmax",
             11,
             &[attr::int("axis", 0)],
             &[x.shallow_clone()],
         );
         let direct = x.view([1, 8]).log_softmax(1, Kind::Double).view([2, 2, 2]);
-        assert_close(&ly, &values(&direct));
-        let ly = run1(
+        assert_approx(&ly, &values(&direct));
+        let ly = run(
             "LogSoftmax",
             13,
             &[attr::int("axis", 1)],
             &[x.shallow_clone()],
         );
-        assert_close(&ly, &values(&x.log_softmax(1, Kind::Double)));
+        assert_approx(&ly, &values(&x.log_softmax(1, Kind::Double)));
     }
 
     #[test]
@@ -629,52 +579,49 @@ mod tests {
         let training = Tensor::from_slice(&[false]).view([]);
         let kernel = build_with_outputs("Dropout", 13, &[], 3, 2);
         let out = kernel(&[Some(&x), Some(&ratio), Some(&training)]).unwrap();
-        assert_close(&out[0], &[1.0, -2.0]);
+        assert_approx(&out[0], &[1.0, -2.0]);
         assert_eq!(out[1].kind(), Kind::Bool);
         assert_eq!(Vec::<bool>::try_from(&out[1]).unwrap(), vec![true, true]);
         // Before opset 10 the mask has the data's type.
         let kernel = build_with_outputs("Dropout", 7, &[attr::float("ratio", 0.3)], 1, 2);
         let out = kernel(&[Some(&x)]).unwrap();
         assert_eq!(out[1].kind(), Kind::Double);
-        assert_close(&out[1], &[1.0, 1.0]);
-        assert_close(
-            &run1("Dropout", 12, &[], &[x.shallow_clone()]),
-            &[1.0, -2.0],
-        );
-        assert_close(&run1("Identity", 16, &[], &[x]), &[1.0, -2.0]);
+        assert_approx(&out[1], &[1.0, 1.0]);
+        assert_approx(&run("Dropout", 12, &[], &[x.shallow_clone()]), &[1.0, -2.0]);
+        assert_approx(&run("Identity", 16, &[], &[x]), &[1.0, -2.0]);
     }
 
     #[test]
     fn second_derivatives_smooth_activations() {
         let x = sample();
-        second("Elu", 6, &[attr::float("alpha", 0.7)], &x);
-        second("Selu", 6, &[], &x);
-        second("Celu", 12, &[attr::float("alpha", 1.5)], &x);
-        second("Sigmoid", 13, &[], &x);
-        second("Tanh", 13, &[], &x);
-        second("Softplus", 1, &[], &x);
-        second("Softsign", 1, &[], &x);
-        second("Mish", 18, &[], &x);
-        second("Erf", 13, &[], &x);
+        check_unary("Elu", 6, &[attr::float("alpha", 0.7)], &x);
+        check_unary("Selu", 6, &[], &x);
+        check_unary("Celu", 12, &[attr::float("alpha", 1.5)], &x);
+        check_unary("Sigmoid", 13, &[], &x);
+        check_unary("Tanh", 13, &[], &x);
+        check_unary("Softplus", 1, &[], &x);
+        check_unary("Softsign", 1, &[], &x);
+        check_unary("Mish", 18, &[], &x);
+        check_unary("Erf", 13, &[], &x);
     }
 
     #[test]
     fn second_derivatives_gelu_both_modes() {
         let x = sample();
-        second("Gelu", 20, &[], &x);
-        second("Gelu", 20, &[attr::string("approximate", "tanh")], &x);
+        check_unary("Gelu", 20, &[], &x);
+        check_unary("Gelu", 20, &[attr::string("approximate", "tanh")], &x);
     }
 
     #[test]
     fn second_derivatives_piecewise_linear() {
         // Away from the kinks, so that finite differences are meaningful.
         let x = sample();
-        second("Relu", 14, &[], &x);
-        second("LeakyRelu", 16, &[attr::float("alpha", 0.2)], &x);
-        second("HardSigmoid", 6, &[attr::float("alpha", 0.3)], &x);
-        second("HardSwish", 14, &[], &x);
-        second("ThresholdedRelu", 10, &[attr::float("alpha", 0.5)], &x);
-        second(
+        check_unary("Relu", 14, &[], &x);
+        check_unary("LeakyRelu", 16, &[attr::float("alpha", 0.2)], &x);
+        check_unary("HardSigmoid", 6, &[attr::float("alpha", 0.3)], &x);
+        check_unary("HardSwish", 14, &[], &x);
+        check_unary("ThresholdedRelu", 10, &[attr::float("alpha", 0.5)], &x);
+        check_unary(
             "Clip",
             6,
             &[attr::float("min", -1.0), attr::float("max", 2.0)],
@@ -706,15 +653,15 @@ mod tests {
         ])
         .view([2, 3, 2]);
         for op in ["Softmax", "LogSoftmax"] {
-            second(op, 13, &[], &x);
-            second(op, 13, &[attr::int("axis", 1)], &x);
-            second(op, 11, &[], &x);
-            second(op, 1, &[attr::int("axis", 2)], &x);
+            check_unary(op, 13, &[], &x);
+            check_unary(op, 13, &[attr::int("axis", 1)], &x);
+            check_unary(op, 11, &[], &x);
+            check_unary(op, 1, &[attr::int("axis", 2)], &x);
         }
     }
 
     #[test]
     fn second_derivative_identity() {
-        second("Identity", 16, &[], &sample());
+        check_unary("Identity", 16, &[], &sample());
     }
 }

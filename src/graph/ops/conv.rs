@@ -4,7 +4,7 @@
 //!
 //! Conv and ConvTranspose run tch's `convolution` (1-D to 3-D: inputs of rank 3
 //! to 5), whose double backward is native. Also home of the window geometry
-//! ([`Window`], [`AutoPad`]) that the pools share.
+//! (`Window`, `AutoPad`) that the pools share.
 //!
 //! Known deviations from the spec:
 //! - Conv: asymmetric `pads` are applied as an explicit zero pad before a
@@ -87,12 +87,32 @@ pub(crate) struct Window {
     pub auto_pad: AutoPad,
 }
 
+/// The largest magnitude of a window attribute (kernel, strides,
+/// dilations, pads, output padding and shape): far above any real model,
+/// and low enough that the geometry's arithmetic cannot overflow i64.
+const MAX_WINDOW: i64 = 1 << 24;
+
+/// `values`, refused when one exceeds [`MAX_WINDOW`] in magnitude.
+fn bounded(name: &str, values: Option<Vec<i64>>) -> OpResult<Option<Vec<i64>>> {
+    if let Some(bad) = values
+        .iter()
+        .flatten()
+        .find(|v| v.unsigned_abs() > MAX_WINDOW as u64)
+    {
+        return Err(attr_error(
+            name,
+            format!("{bad} is out of range (at most {MAX_WINDOW} in magnitude)"),
+        ));
+    }
+    Ok(values)
+}
+
 impl Window {
     /// Reads and checks `kernel_shape`, `strides`, `dilations`, `pads` and
     /// `auto_pad`.
     pub(crate) fn parse(attrs: &Attrs) -> OpResult<Window> {
         let positive = |name: &str| -> OpResult<Option<Vec<i64>>> {
-            let values = attrs.ints_opt(name)?;
+            let values = bounded(name, attrs.ints_opt(name)?)?;
             if let Some(v) = &values {
                 if let Some(bad) = v.iter().find(|&&x| x < 1) {
                     return Err(attr_error(name, format!("values must be >= 1, got {bad}")));
@@ -103,7 +123,7 @@ impl Window {
         let kernel_shape = positive("kernel_shape")?;
         let strides = positive("strides")?;
         let dilations = positive("dilations")?;
-        let pads = attrs.ints_opt("pads")?;
+        let pads = bounded("pads", attrs.ints_opt("pads")?)?;
         if let Some(p) = &pads {
             if p.len() % 2 != 0 {
                 return Err(attr_error(
@@ -373,8 +393,8 @@ fn build_conv_transpose(info: &NodeInfo) -> OpResult<Kernel> {
     let attrs = ConvTransposeAttrs {
         window: Window::parse(&info.attrs)?,
         group: group_attr(&info.attrs)?,
-        output_padding: info.attrs.ints_opt("output_padding")?,
-        output_shape: info.attrs.ints_opt("output_shape")?,
+        output_padding: bounded("output_padding", info.attrs.ints_opt("output_padding")?)?,
+        output_shape: bounded("output_shape", info.attrs.ints_opt("output_shape")?)?,
     };
     if let Some(bad) = attrs.output_padding.iter().flatten().find(|&&p| p < 0) {
         return Err(attr_error(
@@ -529,39 +549,10 @@ fn build_einsum(info: &NodeInfo) -> OpResult<Kernel> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gradcheck::{self, attr};
-    use super::*;
+    use super::super::gradcheck::{self, Head};
+    use super::super::testing::{assert_close, attr, build, build_error, call, seeded, values};
     use crate::onnx::proto::AttributeProto;
     use tch::{Kind, Tensor};
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("f64 values")
-    }
-
-    fn assert_close(actual: &Tensor, expected: &[f64]) {
-        let got = values(actual);
-        assert_eq!(
-            got.len(),
-            expected.len(),
-            "element count: {got:?} vs {expected:?}"
-        );
-        for (i, (a, e)) in got.iter().zip(expected).enumerate() {
-            assert!(
-                (a - e).abs() < 1e-9,
-                "element {i}: {a} != {e}\n{got:?}\n{expected:?}"
-            );
-        }
-    }
-
-    fn run(kernel: &Kernel, inputs: &[Tensor]) -> Tensor {
-        let args: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-        kernel(&args).expect("kernel runs").remove(0)
-    }
-
-    fn seeded(shape: &[i64], seed: i64) -> Tensor {
-        tch::manual_seed(seed);
-        Tensor::randn(shape, (Kind::Double, tch::Device::Cpu))
-    }
 
     /// Direct 2-D convolution on nested loops, the independent formula.
     #[allow(clippy::too_many_arguments)]
@@ -659,7 +650,7 @@ mod tests {
     type Case = (Vec<AttributeProto>, [i64; 2], [(i64, i64); 2], [i64; 2]);
 
     fn conv(attrs: &[AttributeProto], inputs: &[Tensor]) -> Tensor {
-        run(&gradcheck::build("Conv", 11, attrs, inputs.len()), inputs)
+        call(&build("Conv", 11, attrs, inputs.len()), inputs)
     }
 
     #[test]
@@ -784,22 +775,10 @@ mod tests {
 
     #[test]
     fn conv_rejects_bad_attributes_and_shapes() {
-        let reg = Registry::standard();
-        let spec = reg.find("Conv", 11).expect("Conv registered");
         let attrs = [attr::ints("pads", &[1, 1, 1])];
-        let info = NodeInfo {
-            name: "c",
-            op_type: "Conv",
-            opset: 11,
-            attrs: Attrs::new(&attrs),
-            num_inputs: 2,
-            num_outputs: 1,
-            float_kind: Kind::Double,
-            device: tch::Device::Cpu,
-        };
-        let err = (spec.build)(&info).err().expect("odd pads rejected");
-        assert!(err.to_string().contains("attribute `pads`"), "{err}");
-        let kernel = gradcheck::build("Conv", 11, &[attr::ints("strides", &[1, 1, 1])], 2);
+        let err = build_error("Conv", 11, &attrs, 2, 1);
+        assert!(err.contains("attribute `pads`"), "{err}");
+        let kernel = build("Conv", 11, &[attr::ints("strides", &[1, 1, 1])], 2);
         let x = seeded(&[1, 1, 4, 4], 0);
         let w = seeded(&[1, 1, 3, 3], 0);
         let err = kernel(&[Some(&x), Some(&w)]).expect_err("3 strides on 2-D rejected");
@@ -813,8 +792,8 @@ mod tests {
         let x = Tensor::arange(9, (Kind::Double, tch::Device::Cpu)).reshape([1, 1, 3, 3]);
         let w = Tensor::ones([1, 2, 3, 3], (Kind::Double, tch::Device::Cpu));
         let ct = |attrs: &[AttributeProto]| {
-            run(
-                &gradcheck::build("ConvTranspose", 11, attrs, 2),
+            call(
+                &build("ConvTranspose", 11, attrs, 2),
                 &[x.shallow_clone(), w.shallow_clone()],
             )
         };
@@ -902,8 +881,8 @@ mod tests {
             attr::ints("strides", &[2, 2]),
             attr::ints("pads", &[0, 1, 1, 0]),
         ];
-        let kernel = gradcheck::build("ConvTranspose", 11, &attrs, 3);
-        let y = run(
+        let kernel = build("ConvTranspose", 11, &attrs, 3);
+        let y = call(
             &kernel,
             &[x.shallow_clone(), w.shallow_clone(), b.shallow_clone()],
         );
@@ -930,7 +909,7 @@ mod tests {
         let a = Tensor::from_slice(&[1.0f64, 2., 3., 4., 5., 6.]).reshape([3, 2]);
         let b = Tensor::from_slice(&[1.0f64, 0., -1., 2., 1., 0.]).reshape([3, 2]);
         let c = Tensor::from_slice(&[10.0f64, 20.]);
-        let kernel = gradcheck::build(
+        let kernel = build(
             "Gemm",
             13,
             &[
@@ -942,10 +921,10 @@ mod tests {
         );
         // A' = [[1,3,5],[2,4,6]], B = [[1,0],[-1,2],[1,0]]:
         // A'B = [[3,6],[4,8]]; 0.5 A'B + 2 C = [[21.5,43],[22,44]].
-        let y = run(&kernel, &[a.shallow_clone(), b.shallow_clone(), c]);
+        let y = call(&kernel, &[a.shallow_clone(), b.shallow_clone(), c]);
         assert_close(&y, &[21.5, 43., 22., 44.]);
-        let kernel = gradcheck::build("Gemm", 13, &[attr::int("transB", 1)], 2);
-        let y = run(&kernel, &[b.shallow_clone(), a.shallow_clone()]);
+        let kernel = build("Gemm", 13, &[attr::int("transB", 1)], 2);
+        let y = call(&kernel, &[b.shallow_clone(), a.shallow_clone()]);
         // B A' (3x2 times 2x3).
         assert_close(&y, &[1., 3., 5., 3., 5., 7., 1., 3., 5.]);
     }
@@ -954,17 +933,17 @@ mod tests {
     fn matmul_follows_numpy_for_vectors_and_batches() {
         let v = Tensor::from_slice(&[1.0f64, 2.]);
         let m = Tensor::from_slice(&[1.0f64, 2., 3., 4.]).reshape([2, 2]);
-        let kernel = gradcheck::build("MatMul", 13, &[], 2);
-        let y = run(&kernel, &[v.shallow_clone(), m.shallow_clone()]);
+        let kernel = build("MatMul", 13, &[], 2);
+        let y = call(&kernel, &[v.shallow_clone(), m.shallow_clone()]);
         assert_eq!(y.size(), [2]);
         assert_close(&y, &[7., 10.]);
-        let y = run(&kernel, &[m.shallow_clone(), v.shallow_clone()]);
+        let y = call(&kernel, &[m.shallow_clone(), v.shallow_clone()]);
         assert_close(&y, &[5., 11.]);
-        let y = run(&kernel, &[v.shallow_clone(), v.shallow_clone()]);
+        let y = call(&kernel, &[v.shallow_clone(), v.shallow_clone()]);
         assert_eq!(y.size(), Vec::<i64>::new());
         assert_close(&y, &[5.]);
         let batch = Tensor::stack(&[&m, &(&m * 2.0)], 0);
-        let y = run(&kernel, &[batch, m.shallow_clone()]);
+        let y = call(&kernel, &[batch, m.shallow_clone()]);
         assert_eq!(y.size(), [2, 2, 2]);
         assert_close(&y, &[7., 10., 15., 22., 14., 20., 30., 44.]);
     }
@@ -973,8 +952,8 @@ mod tests {
     fn einsum_computes_products_traces_and_diagonals() {
         let m = Tensor::from_slice(&[1.0f64, 2., 3., 4.]).reshape([2, 2]);
         let einsum = |eq: &str, inputs: &[Tensor]| {
-            run(
-                &gradcheck::build("Einsum", 12, &[attr::string("equation", eq)], inputs.len()),
+            call(
+                &build("Einsum", 12, &[attr::string("equation", eq)], inputs.len()),
                 inputs,
             )
         };
@@ -990,34 +969,6 @@ mod tests {
 
     /// The second derivatives through every input at once (cross terms
     /// included): `f(v)` splits one flat vector into the kernel's inputs.
-    fn check_joint(kernel: &Kernel, inputs: &[Tensor], square: bool) {
-        let shapes: Vec<Vec<i64>> = inputs.iter().map(|t| t.size()).collect();
-        let flat = Tensor::cat(
-            &inputs.iter().map(|t| t.flatten(0, -1)).collect::<Vec<_>>(),
-            0,
-        );
-        let f = |v: &Tensor| {
-            let mut offset = 0;
-            let parts: Vec<Tensor> = shapes
-                .iter()
-                .map(|s| {
-                    let len: i64 = s.iter().product();
-                    let part = v.narrow(0, offset, len).reshape(s.as_slice());
-                    offset += len;
-                    part
-                })
-                .collect();
-            let args: Vec<Option<&Tensor>> = parts.iter().map(Some).collect();
-            let y = kernel(&args).expect("kernel runs").remove(0);
-            if square {
-                &y * &y
-            } else {
-                y
-            }
-        };
-        gradcheck::check_second_derivative(f, &flat).expect("second derivatives");
-    }
-
     #[test]
     fn conv_second_derivatives() {
         let attrs = [
@@ -1025,14 +976,14 @@ mod tests {
             attr::ints("strides", &[2, 1]),
             attr::int("group", 2),
         ];
-        let kernel = gradcheck::build("Conv", 11, &attrs, 3);
+        let kernel = build("Conv", 11, &attrs, 3);
         let inputs = [
             seeded(&[1, 2, 3, 3], 1),
             seeded(&[2, 1, 2, 2], 2),
             seeded(&[2], 3),
         ];
-        check_joint(&kernel, &inputs, false);
-        check_joint(&kernel, &inputs, true);
+        gradcheck::check_joint(&kernel, &inputs, inputs.len(), Head::Output);
+        gradcheck::check_joint(&kernel, &inputs, inputs.len(), Head::Square);
         let f = gradcheck::kernel_fn(&kernel, &inputs, 0);
         gradcheck::check_second_derivative(|x| f(x).tanh(), &inputs[0]).expect("through X");
     }
@@ -1043,21 +994,21 @@ mod tests {
             attr::ints("strides", &[2, 1]),
             attr::ints("pads", &[0, 1, 1, 0]),
         ];
-        let kernel = gradcheck::build("ConvTranspose", 11, &attrs, 3);
+        let kernel = build("ConvTranspose", 11, &attrs, 3);
         let inputs = [
             seeded(&[1, 1, 2, 2], 4),
             seeded(&[1, 2, 2, 2], 5),
             seeded(&[2], 6),
         ];
-        check_joint(&kernel, &inputs, false);
-        check_joint(&kernel, &inputs, true);
-        let native = gradcheck::build("ConvTranspose", 11, &[attr::ints("strides", &[2, 2])], 3);
-        check_joint(&native, &inputs, true);
+        gradcheck::check_joint(&kernel, &inputs, inputs.len(), Head::Output);
+        gradcheck::check_joint(&kernel, &inputs, inputs.len(), Head::Square);
+        let native = build("ConvTranspose", 11, &[attr::ints("strides", &[2, 2])], 3);
+        gradcheck::check_joint(&native, &inputs, inputs.len(), Head::Square);
     }
 
     #[test]
     fn gemm_matmul_einsum_second_derivatives() {
-        let gemm = gradcheck::build(
+        let gemm = build(
             "Gemm",
             13,
             &[
@@ -1068,10 +1019,12 @@ mod tests {
             3,
         );
         let inputs = [seeded(&[2, 3], 1), seeded(&[2, 3], 2), seeded(&[1, 2], 3)];
-        check_joint(&gemm, &inputs, true);
-        let matmul = gradcheck::build("MatMul", 13, &[], 2);
-        check_joint(&matmul, &[seeded(&[2, 1, 3], 4), seeded(&[3], 5)], true);
-        let einsum = gradcheck::build("Einsum", 12, &[attr::string("equation", "bij,jk->bik")], 2);
-        check_joint(&einsum, &[seeded(&[2, 2, 3], 6), seeded(&[3, 2], 7)], true);
+        gradcheck::check_joint(&gemm, &inputs, inputs.len(), Head::Square);
+        let matmul = build("MatMul", 13, &[], 2);
+        let inputs = [seeded(&[2, 1, 3], 4), seeded(&[3], 5)];
+        gradcheck::check_joint(&matmul, &inputs, 2, Head::Square);
+        let einsum = build("Einsum", 12, &[attr::string("equation", "bij,jk->bik")], 2);
+        let inputs = [seeded(&[2, 2, 3], 6), seeded(&[3, 2], 7)];
+        gradcheck::check_joint(&einsum, &inputs, 2, Head::Square);
     }
 }

@@ -64,24 +64,6 @@ pub fn check_second_derivative(f: impl Fn(&Tensor) -> Tensor, x: &Tensor) -> Res
     Ok(())
 }
 
-/// A tensor's values as f64, flattened.
-pub fn values(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("f64 values")
-}
-
-/// Asserts `t` holds `expected` within 1e-6.
-pub fn assert_close(t: &Tensor, expected: &[f64]) {
-    let got = values(t);
-    assert_eq!(
-        got.len(),
-        expected.len(),
-        "got {got:?}, expected {expected:?}"
-    );
-    for (g, e) in got.iter().zip(expected) {
-        assert!((g - e).abs() < 1e-6, "got {got:?}, expected {expected:?}");
-    }
-}
-
 /// Runs `kernel` on `inputs`, the `wrt`-th of which is the variable.
 pub fn kernel_fn<'a>(
     kernel: &'a super::Kernel,
@@ -98,64 +80,85 @@ pub fn kernel_fn<'a>(
     }
 }
 
-/// Builds the kernel of `op_type` (default domain, `opset`) with `attrs` in f64 on CPU.
-pub fn build(
-    op_type: &str,
-    opset: i64,
-    attrs: &[crate::onnx::proto::AttributeProto],
-    num_inputs: usize,
-) -> super::Kernel {
-    let reg = super::Registry::standard();
-    let spec = reg
-        .find(op_type, opset)
-        .unwrap_or_else(|| panic!("{op_type} v{opset} registered"));
-    let info = super::NodeInfo {
-        name: "test",
-        op_type,
-        opset,
-        attrs: super::Attrs::new(attrs),
-        num_inputs,
-        num_outputs: 1,
-        float_kind: Kind::Double,
-        device: tch::Device::Cpu,
-    };
-    (spec.build)(&info).expect("kernel builds")
+/// What a check differentiates, given the kernel's first output.
+#[derive(Debug, Clone, Copy)]
+pub enum Head {
+    /// The output itself.
+    Output,
+    /// Its square: an op linear in the variable has a zero second derivative
+    /// of its own, and the square makes the derivative of its backward count.
+    Square,
+    /// Its tanh: the same, bounded.
+    Tanh,
 }
 
-/// Attribute constructors for tests.
-pub mod attr {
-    use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto};
+impl Head {
+    fn apply(self, y: Tensor) -> Tensor {
+        match self {
+            Head::Output => y,
+            Head::Square => &y * &y,
+            Head::Tanh => y.tanh(),
+        }
+    }
+}
 
-    pub fn int(name: &str, v: i64) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            i: Some(v),
-            r#type: Some(AttributeType::Int as i32),
-            ..Default::default()
-        }
-    }
-    pub fn float(name: &str, v: f32) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            f: Some(v),
-            r#type: Some(AttributeType::Float as i32),
-            ..Default::default()
-        }
-    }
-    pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            ints: v.to_vec(),
-            r#type: Some(AttributeType::Ints as i32),
-            ..Default::default()
-        }
-    }
-    pub fn string(name: &str, v: &str) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            s: Some(v.as_bytes().to_vec()),
-            r#type: Some(AttributeType::String as i32),
-            ..Default::default()
-        }
-    }
+/// Checks the second derivatives of `head(kernel(inputs)[0])` with respect to
+/// input `wrt`, the others held fixed; panics on failure.
+pub fn check_input(kernel: &super::Kernel, inputs: &[Tensor], wrt: usize, head: Head) {
+    let f = kernel_fn(kernel, inputs, wrt);
+    check_second_derivative(|x| head.apply(f(x)), &inputs[wrt])
+        .unwrap_or_else(|e| panic!("second derivatives, input {wrt}: {e}"));
+}
+
+/// Checks the second derivatives of `head(kernel(inputs)[0])` with respect to
+/// the first `joint` inputs together (mixed derivatives included), the rest
+/// held fixed; panics on failure.
+pub fn check_joint(kernel: &super::Kernel, inputs: &[Tensor], joint: usize, head: Head) {
+    let shapes: Vec<Vec<i64>> = inputs[..joint].iter().map(|t| t.size()).collect();
+    let flat = Tensor::cat(
+        &inputs[..joint]
+            .iter()
+            .map(|t| t.flatten(0, -1))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let f = |v: &Tensor| {
+        let mut offset = 0;
+        let mut parts: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| {
+                let len: i64 = s.iter().product();
+                let part = v.narrow(0, offset, len).reshape(s.as_slice());
+                offset += len;
+                part
+            })
+            .collect();
+        parts.extend(inputs[joint..].iter().map(Tensor::shallow_clone));
+        let args: Vec<Option<&Tensor>> = parts.iter().map(Some).collect();
+        head.apply(kernel(&args).expect("kernel runs").remove(0))
+    };
+    check_second_derivative(f, &flat)
+        .unwrap_or_else(|e| panic!("second derivatives, inputs 0..{joint}: {e}"));
+}
+
+/// Builds `op` (one output, [`super::testing::build`]) and checks its second
+/// derivatives with respect to input `wrt`; panics naming the op on failure.
+pub fn check_op(
+    op: &str,
+    opset: i64,
+    attrs: &[crate::onnx::proto::AttributeProto],
+    inputs: &[&Tensor],
+    wrt: usize,
+    head: Head,
+) {
+    let kernel = super::testing::build(op, opset, attrs, inputs.len());
+    let inputs: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
+    let f = kernel_fn(&kernel, &inputs, wrt);
+    check_second_derivative(|x| head.apply(f(x)), &inputs[wrt])
+        .unwrap_or_else(|e| panic!("{op}-{opset} {attrs:?}, input {wrt}: {e}"));
+}
+
+/// [`check_op`] for a one-input op, through its output.
+pub fn check_unary(op: &str, opset: i64, attrs: &[crate::onnx::proto::AttributeProto], x: &Tensor) {
+    check_op(op, opset, attrs, &[x], 0, Head::Output);
 }

@@ -17,6 +17,8 @@ pub mod norm;
 pub mod pool;
 pub mod reduce;
 pub mod shape;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;

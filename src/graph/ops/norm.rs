@@ -207,61 +207,15 @@ fn build_lrn(info: &NodeInfo) -> OpResult<Kernel> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gradcheck::{self, attr};
-    use super::super::Attrs;
+    use super::super::gradcheck::{self, Head};
+    use super::super::testing::{
+        assert_close, attr, build, build_error, build_with_outputs, call_all, seeded, values,
+    };
     use super::*;
-    use crate::onnx::proto::AttributeProto;
     use tch::Kind;
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("f64 values")
-    }
-
-    fn assert_close(actual: &Tensor, expected: &[f64]) {
-        let got = values(actual);
-        assert_eq!(got.len(), expected.len(), "{got:?} vs {expected:?}");
-        for (i, (a, e)) in got.iter().zip(expected).enumerate() {
-            assert!(
-                (a - e).abs() < 1e-9,
-                "element {i}: {a} != {e}\n{got:?}\n{expected:?}"
-            );
-        }
-    }
 
     fn t(v: &[f64], shape: &[i64]) -> Tensor {
         Tensor::from_slice(v).reshape(shape)
-    }
-
-    fn seeded(shape: &[i64], seed: i64) -> Tensor {
-        tch::manual_seed(seed);
-        Tensor::randn(shape, (Kind::Double, tch::Device::Cpu))
-    }
-
-    fn run_all(kernel: &Kernel, inputs: &[Tensor]) -> Vec<Tensor> {
-        let args: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-        kernel(&args).expect("kernel runs")
-    }
-
-    fn build_err(
-        op: &str,
-        opset: i64,
-        attrs: &[AttributeProto],
-        num_inputs: usize,
-        num_outputs: usize,
-    ) -> String {
-        let reg = Registry::standard();
-        let spec = reg.find(op, opset).expect("registered");
-        let info = NodeInfo {
-            name: "n",
-            op_type: op,
-            opset,
-            attrs: Attrs::new(attrs),
-            num_inputs,
-            num_outputs,
-            float_kind: Kind::Double,
-            device: tch::Device::Cpu,
-        };
-        (spec.build)(&info).err().expect("build fails").to_string()
     }
 
     #[test]
@@ -272,8 +226,8 @@ mod tests {
         let mean = t(&[1., 5.], &[2]);
         let var = t(&[4., 0.25], &[2]);
         let eps = 0.5f32;
-        let kernel = gradcheck::build("BatchNormalization", 15, &[attr::float("epsilon", eps)], 5);
-        let y = run_all(&kernel, &[x, scale, bias, mean, var]).remove(0);
+        let kernel = build("BatchNormalization", 15, &[attr::float("epsilon", eps)], 5);
+        let y = call_all(&kernel, &[x, scale, bias, mean, var]).remove(0);
         let e = f64::from(eps);
         let ch = |v: f64, c: usize| {
             let (s, b, m, var) = [(2., 1., 1., 4.), (0.5, -1., 5., 0.25)][c];
@@ -300,13 +254,13 @@ mod tests {
         // spatial=0 (opset 7): one scale per activation.
         let x = t(&[1., 2., 3., 4.], &[2, 2]);
         let ones = t(&[1., 1.], &[2]);
-        let kernel = gradcheck::build(
+        let kernel = build(
             "BatchNormalization",
             7,
             &[attr::int("spatial", 0), attr::float("epsilon", 0.0)],
             5,
         );
-        let y = run_all(
+        let y = call_all(
             &kernel,
             &[
                 x,
@@ -318,7 +272,7 @@ mod tests {
         )
         .remove(0);
         assert_close(&y, &[0., 3., 2., 7.]);
-        let err = build_err(
+        let err = build_error(
             "BatchNormalization",
             15,
             &[attr::int("training_mode", 1)],
@@ -326,14 +280,14 @@ mod tests {
             3,
         );
         assert!(err.contains("training_mode"), "{err}");
-        let err = build_err("BatchNormalization", 9, &[], 5, 5);
+        let err = build_error("BatchNormalization", 9, &[], 5, 5);
         assert!(err.contains("only Y"), "{err}");
-        let err = build_err("BatchNormalization", 6, &[], 5, 1);
+        let err = build_error("BatchNormalization", 6, &[], 5, 1);
         assert!(err.contains("is_test"), "{err}");
-        let kernel = gradcheck::build("BatchNormalization", 6, &[attr::int("is_test", 1)], 5);
+        let kernel = build("BatchNormalization", 6, &[attr::int("is_test", 1)], 5);
         let x = t(&[1., 2.], &[1, 2]);
         let two = t(&[2., 2.], &[2]);
-        let y = run_all(
+        let y = call_all(
             &kernel,
             &[
                 x,
@@ -351,8 +305,8 @@ mod tests {
     #[test]
     fn instance_norm_matches_the_spec_example() {
         let x = t(&[-1., 0., 1., 2., 3., 4.], &[1, 2, 1, 3]);
-        let kernel = gradcheck::build("InstanceNormalization", 6, &[], 3);
-        let y = run_all(&kernel, &[x, t(&[1.0, 1.5], &[2]), t(&[0., 1.], &[2])]).remove(0);
+        let kernel = build("InstanceNormalization", 6, &[], 3);
+        let y = call_all(&kernel, &[x, t(&[1.0, 1.5], &[2]), t(&[0., 1.], &[2])]).remove(0);
         let z = 1.0 / (2.0f64 / 3.0 + f64::from(1e-5f32)).sqrt();
         assert_close(&y, &[-z, 0., z, 1. - 1.5 * z, 1., 1. + 1.5 * z]);
     }
@@ -360,28 +314,16 @@ mod tests {
     #[test]
     fn layer_norm_normalizes_trailing_axes_and_returns_statistics() {
         let x = t(&[1., 2., 3., 4., 6., 8.], &[2, 3]);
-        let kernel = gradcheck::build("LayerNormalization", 17, &[attr::float("epsilon", 0.0)], 3);
+        let kernel = build("LayerNormalization", 17, &[attr::float("epsilon", 0.0)], 3);
         let scale = t(&[1., 2., 3.], &[3]);
         let bias = t(&[0., 0., 1.], &[3]);
-        let y = run_all(&kernel, &[x.shallow_clone(), scale.shallow_clone(), bias]).remove(0);
+        let y = call_all(&kernel, &[x.shallow_clone(), scale.shallow_clone(), bias]).remove(0);
         let z = (1.5f64).sqrt(); // (x - mean) / std for [1, 2, 3]: -z, 0, z
         assert_close(&y, &[-z, 0., 3. * z + 1., -z, 0., 3. * z + 1.]);
         // axis 0 normalizes everything; three outputs.
-        let info_attrs = [attr::int("axis", 0), attr::float("epsilon", 0.0)];
-        let reg = Registry::standard();
-        let spec = reg.find("LayerNormalization", 17).expect("registered");
-        let info = NodeInfo {
-            name: "ln",
-            op_type: "LayerNormalization",
-            opset: 17,
-            attrs: Attrs::new(&info_attrs),
-            num_inputs: 2,
-            num_outputs: 3,
-            float_kind: Kind::Double,
-            device: tch::Device::Cpu,
-        };
-        let kernel = (spec.build)(&info).expect("builds");
-        let out = run_all(
+        let attrs = [attr::int("axis", 0), attr::float("epsilon", 0.0)];
+        let kernel = build_with_outputs("LayerNormalization", 17, &attrs, 2, 3);
+        let out = call_all(
             &kernel,
             &[x, Tensor::ones([2, 3], (Kind::Double, tch::Device::Cpu))],
         );
@@ -404,7 +346,7 @@ mod tests {
     fn lrn_matches_a_direct_sum() {
         let x = seeded(&[1, 5, 2], 1);
         let (size, alpha, beta, bias) = (4i64, 0.2f32, 0.6f32, 2.0f32);
-        let kernel = gradcheck::build(
+        let kernel = build(
             "LRN",
             13,
             &[
@@ -415,7 +357,7 @@ mod tests {
             ],
             1,
         );
-        let y = run_all(&kernel, &[x.shallow_clone()]).remove(0);
+        let y = call_all(&kernel, &[x.shallow_clone()]).remove(0);
         let xv = values(&x);
         let mut expected = Vec::new();
         for c in 0..5i64 {
@@ -433,40 +375,11 @@ mod tests {
         assert_close(&y, &expected);
     }
 
-    /// Second derivatives through the first `joint` inputs at once (cross
-    /// terms included), the others fixed.
-    fn check_joint(kernel: &Kernel, inputs: &[Tensor], joint: usize) {
-        let shapes: Vec<Vec<i64>> = inputs[..joint].iter().map(|t| t.size()).collect();
-        let flat = Tensor::cat(
-            &inputs[..joint]
-                .iter()
-                .map(|t| t.flatten(0, -1))
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let f = |v: &Tensor| {
-            let mut offset = 0;
-            let mut parts: Vec<Tensor> = shapes
-                .iter()
-                .map(|s| {
-                    let len: i64 = s.iter().product();
-                    let part = v.narrow(0, offset, len).reshape(s.as_slice());
-                    offset += len;
-                    part
-                })
-                .collect();
-            parts.extend(inputs[joint..].iter().map(Tensor::shallow_clone));
-            let args: Vec<Option<&Tensor>> = parts.iter().map(Some).collect();
-            kernel(&args).expect("kernel runs").remove(0).tanh()
-        };
-        gradcheck::check_second_derivative(f, &flat).expect("second derivatives");
-    }
-
     #[test]
     fn norm_second_derivatives() {
-        let bn = gradcheck::build("BatchNormalization", 15, &[], 5);
+        let bn = build("BatchNormalization", 15, &[], 5);
         let var = seeded(&[2], 5).abs() + 0.5;
-        check_joint(
+        gradcheck::check_joint(
             &bn,
             &[
                 seeded(&[2, 2, 2], 1),
@@ -476,20 +389,23 @@ mod tests {
                 var,
             ],
             3,
+            Head::Tanh,
         );
-        let instance = gradcheck::build("InstanceNormalization", 6, &[], 3);
-        check_joint(
+        let instance = build("InstanceNormalization", 6, &[], 3);
+        gradcheck::check_joint(
             &instance,
             &[seeded(&[2, 2, 3], 6), seeded(&[2], 7), seeded(&[2], 8)],
             3,
+            Head::Tanh,
         );
-        let layer = gradcheck::build("LayerNormalization", 17, &[attr::int("axis", 1)], 3);
-        check_joint(
+        let layer = build("LayerNormalization", 17, &[attr::int("axis", 1)], 3);
+        gradcheck::check_joint(
             &layer,
             &[seeded(&[2, 2, 2], 9), seeded(&[2, 2], 10), seeded(&[2], 11)],
             3,
+            Head::Tanh,
         );
-        let lrn = gradcheck::build(
+        let lrn = build(
             "LRN",
             13,
             &[attr::int("size", 3), attr::float("alpha", 0.5)],

@@ -365,34 +365,10 @@ fn build_global_lp_pool(info: &NodeInfo) -> OpResult<Kernel> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gradcheck::{self, attr};
+    use super::super::gradcheck::{check_op, Head};
+    use super::super::testing::{assert_close, attr, build, build_error, run, seeded, values};
     use super::*;
     use crate::onnx::proto::AttributeProto;
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("f64 values")
-    }
-
-    fn assert_close(actual: &Tensor, expected: &Tensor) {
-        assert_eq!(actual.size(), expected.size());
-        let (got, want) = (values(actual), values(expected));
-        for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (a - e).abs() < 1e-9,
-                "element {i}: {a} != {e}\n{got:?}\n{want:?}"
-            );
-        }
-    }
-
-    fn run(op: &str, opset: i64, attrs: &[AttributeProto], x: &Tensor) -> Tensor {
-        let kernel = gradcheck::build(op, opset, attrs, 1);
-        kernel(&[Some(x)]).expect("kernel runs").remove(0)
-    }
-
-    fn seeded(shape: &[i64], seed: i64) -> Tensor {
-        tch::manual_seed(seed);
-        Tensor::randn(shape, (Kind::Double, tch::Device::Cpu))
-    }
 
     #[derive(Clone, Copy, PartialEq)]
     enum Reduce {
@@ -695,22 +671,9 @@ mod tests {
             Vec::<u8>::try_from(y.flatten(0, -1)).expect("u8"),
             [5, 9, 9, 4, 9, 9, 4, 7, 7]
         );
-        let reg = Registry::standard();
-        let spec = reg.find("MaxPool", 12).expect("MaxPool registered");
-        let attrs = [attr::ints("kernel_shape", &[2, 2])];
-        let info = NodeInfo {
-            name: "p",
-            op_type: "MaxPool",
-            opset: 12,
-            attrs: super::super::Attrs::new(&attrs),
-            num_inputs: 1,
-            num_outputs: 2,
-            float_kind: Kind::Double,
-            device: tch::Device::Cpu,
-        };
-        let err = (spec.build)(&info).err().expect("Indices rejected");
-        assert!(err.to_string().contains("Indices"), "{err}");
-        let kernel = gradcheck::build("MaxPool", 12, &[attr::ints("kernel_shape", &[5, 5])], 1);
+        let err = build_error("MaxPool", 12, &[attr::ints("kernel_shape", &[2, 2])], 1, 2);
+        assert!(err.contains("Indices"), "{err}");
+        let kernel = build("MaxPool", 12, &[attr::ints("kernel_shape", &[5, 5])], 1);
         assert!(
             kernel(&[Some(&seeded(&[1, 1, 3, 3], 0))]).is_err(),
             "window larger than input"
@@ -767,18 +730,6 @@ mod tests {
         assert_eq!(y.size(), [1, 2, 1, 1, 1]);
     }
 
-    fn check(op: &str, opset: i64, attrs: &[AttributeProto], x: &Tensor, square: bool) {
-        let kernel = gradcheck::build(op, opset, attrs, 1);
-        let inputs = [x.shallow_clone()];
-        let f = gradcheck::kernel_fn(&kernel, &inputs, 0);
-        let result = if square {
-            gradcheck::check_second_derivative(|v| f(v).square(), x)
-        } else {
-            gradcheck::check_second_derivative(f, x)
-        };
-        result.unwrap_or_else(|e| panic!("{op} {attrs:?}: {e}"));
-    }
-
     #[test]
     fn pool_second_derivatives() {
         let x = seeded(&[1, 2, 4, 5], 5);
@@ -797,18 +748,18 @@ mod tests {
             ],
         ];
         for attrs in &windows {
-            check("MaxPool", 12, attrs, &x, true);
-            check("AveragePool", 19, attrs, &x, true);
+            check_op("MaxPool", 12, attrs, &[&x], 0, Head::Square);
+            check_op("AveragePool", 19, attrs, &[&x], 0, Head::Square);
             let mut counting = attrs.clone();
             counting.push(attr::int("count_include_pad", 1));
-            check("AveragePool", 19, &counting, &x, true);
+            check_op("AveragePool", 19, &counting, &[&x], 0, Head::Square);
             let mut lp = attrs.clone();
             lp.push(attr::int("p", 3));
-            check("LpPool", 18, &lp, &x, false);
-            check("LpPool", 18, attrs, &x, false);
+            check_op("LpPool", 18, &lp, &[&x], 0, Head::Output);
+            check_op("LpPool", 18, attrs, &[&x], 0, Head::Output);
         }
-        check("GlobalAveragePool", 1, &[], &x, true);
-        check("GlobalMaxPool", 1, &[], &x, true);
-        check("GlobalLpPool", 2, &[], &x, false);
+        check_op("GlobalAveragePool", 1, &[], &[&x], 0, Head::Square);
+        check_op("GlobalMaxPool", 1, &[], &[&x], 0, Head::Square);
+        check_op("GlobalLpPool", 2, &[], &[&x], 0, Head::Output);
     }
 }

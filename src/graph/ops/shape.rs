@@ -492,7 +492,8 @@ fn split(info: &NodeInfo) -> OpResult<Kernel> {
         let sizes = match from_input.or_else(|| split_attr.clone()) {
             Some(sizes) => {
                 check_dims(&sizes, 1, "split size")?;
-                if sizes.len() != num_outputs || sizes.iter().sum::<i64>() != length {
+                let total = sizes.iter().try_fold(0i64, |sum, &s| sum.checked_add(s));
+                if sizes.len() != num_outputs || total != Some(length) {
                     return Err(OpError::Unsupported(format!(
                         "split sizes {sizes:?} do not cut dimension {a} (length {length}) into {num_outputs} outputs"
                     )));
@@ -835,8 +836,16 @@ fn pad(info: &NodeInfo) -> OpResult<Kernel> {
         for (k, &a) in axes.iter().enumerate() {
             per_axis[a] = (pads[k], pads[k + axes.len()]);
         }
+        let mut out_dims = Vec::with_capacity(rank);
         for (a, &(b, e)) in per_axis.iter().enumerate() {
-            if dims[a] + b + e < 0 {
+            let Some(size) = dims[a].checked_add(b).and_then(|v| v.checked_add(e)) else {
+                return Err(input_error(
+                    1,
+                    format!("pads ({b}, {e}) overflow dimension {a}"),
+                ));
+            };
+            out_dims.push(size.max(0));
+            if size < 0 {
                 return Err(input_error(
                     1,
                     format!(
@@ -846,6 +855,17 @@ fn pad(info: &NodeInfo) -> OpResult<Kernel> {
                 ));
             }
         }
+        util::check_output(&out_dims, x.kind())?;
+        // The gather indices of the other modes: one i64 per output position.
+        util::check_output(
+            &out_dims
+                .iter()
+                .copied()
+                .max()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            Kind::Int64,
+        )?;
         if mode == PadMode::Constant {
             // libtorch lists pads from the last axis back.
             let flat: Vec<i64> = per_axis.iter().rev().flat_map(|&(b, e)| [b, e]).collect();
@@ -1544,8 +1564,12 @@ fn run_resize(config: &ResizeConfig, inputs: &[Option<&Tensor>]) -> OpResult<Ten
 
 fn blocksize(info: &NodeInfo) -> OpResult<i64> {
     let b = info.attrs.int_req("blocksize")?;
-    if b < 1 {
-        return Err(attr_error("blocksize", format!("{b} is not positive")));
+    // blocksize² multiplies the channels: keep it far from overflow.
+    if !(1..=1 << 16).contains(&b) {
+        return Err(attr_error(
+            "blocksize",
+            format!("{b} is not from 1 to 65536"),
+        ));
     }
     Ok(b)
 }
@@ -1610,122 +1634,12 @@ fn space_to_depth(info: &NodeInfo) -> OpResult<Kernel> {
 mod tests {
     use tch::{Kind, Tensor};
 
-    use super::super::gradcheck::{self, attr};
-    use super::super::{Attrs, Kernel, NodeInfo, OpResult, Registry};
+    use super::super::gradcheck::{self, check_input, Head};
+    use super::super::testing::{
+        arange, assert_close, attr, floats, int_values, ints, omitted, run, try_build, try_run,
+        values, NO_INPUTS,
+    };
     use crate::onnx::proto::AttributeProto;
-
-    fn build(
-        op: &str,
-        opset: i64,
-        attrs: &[AttributeProto],
-        n_in: usize,
-        n_out: usize,
-    ) -> OpResult<Kernel> {
-        let reg = Registry::standard();
-        let spec = reg
-            .find(op, opset)
-            .unwrap_or_else(|| panic!("{op}-{opset} is registered"));
-        assert!(
-            spec.inputs.contains(&n_in),
-            "{op}-{opset} takes {n_in} inputs"
-        );
-        let info = NodeInfo {
-            name: "test",
-            op_type: op,
-            opset,
-            attrs: Attrs::new(attrs),
-            num_inputs: n_in,
-            num_outputs: n_out,
-            float_kind: Kind::Double,
-            device: tch::Device::Cpu,
-        };
-        (spec.build)(&info)
-    }
-
-    /// Runs `op` on `inputs` (an empty tensor stands for an omitted input).
-    fn try_run(
-        op: &str,
-        opset: i64,
-        attrs: &[AttributeProto],
-        inputs: &[Tensor],
-        n_out: usize,
-    ) -> OpResult<Vec<Tensor>> {
-        let kernel = build(op, opset, attrs, inputs.len(), n_out)?;
-        let args: Vec<Option<&Tensor>> = inputs
-            .iter()
-            .map(|t| {
-                (t.defined() && !(t.dim() == 1 && t.size()[0] == 0 && t.kind() == Kind::Int8))
-                    .then_some(t)
-            })
-            .collect();
-        kernel(&args)
-    }
-
-    fn run(op: &str, opset: i64, attrs: &[AttributeProto], inputs: &[Tensor]) -> Tensor {
-        try_run(op, opset, attrs, inputs, 1)
-            .expect("kernel runs")
-            .remove(0)
-    }
-
-    fn float_list(name: &str, v: &[f32]) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            floats: v.to_vec(),
-            r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Floats as i32),
-            ..Default::default()
-        }
-    }
-
-    /// An omitted optional input.
-    fn omitted() -> Tensor {
-        Tensor::from_slice::<i8>(&[])
-    }
-
-    fn ints(v: &[i64]) -> Tensor {
-        Tensor::from_slice(v)
-    }
-
-    fn floats(v: &[f64]) -> Tensor {
-        Tensor::from_slice(v)
-    }
-
-    fn arange(shape: &[i64]) -> Tensor {
-        let n: i64 = shape.iter().product();
-        Tensor::arange(n, (Kind::Double, tch::Device::Cpu)).reshape(shape)
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
-
-    fn int_values(t: &Tensor) -> Vec<i64> {
-        Vec::<i64>::try_from(t.to_kind(Kind::Int64).flatten(0, -1)).unwrap()
-    }
-
-    fn assert_close(actual: &Tensor, expected: &Tensor) {
-        assert_eq!(actual.size(), expected.size(), "shapes");
-        let (a, e) = (values(actual), values(expected));
-        for (i, (a, e)) in a.iter().zip(&e).enumerate() {
-            assert!(
-                (a - e).abs() < 1e-9,
-                "element {i}: {a} vs {e}\n{a:?}\n{e:?}"
-            );
-        }
-    }
-
-    /// Second derivatives through `y = k(x)²` (the square makes the
-    /// derivative of the kernel's backward matter).
-    fn check_grad(kernel: &Kernel, inputs: &[Tensor], wrt: usize) {
-        let f = gradcheck::kernel_fn(kernel, inputs, wrt);
-        gradcheck::check_second_derivative(
-            |x| {
-                let y = f(x);
-                &y * &y
-            },
-            &inputs[wrt],
-        )
-        .unwrap();
-    }
 
     #[test]
     fn flatten_reshape() {
@@ -1829,7 +1743,7 @@ mod tests {
             [3, 1, 1]
         );
         assert!(try_run("Unsqueeze", 13, &[], &[v.shallow_clone(), ints(&[0, 0])], 1).is_err());
-        assert!(build("Unsqueeze", 11, &[], 1, 1).is_err());
+        assert!(try_build("Unsqueeze", 11, &[], 1, 1).is_err());
         // A scalar gets one axis.
         let s = Tensor::from(5i64);
         assert_eq!(
@@ -1862,7 +1776,7 @@ mod tests {
         );
         assert_eq!(values(&y), [0.0, 1.0, 10.0, 2.0, 3.0, 11.0]);
         assert!(
-            build("Concat", 13, &[], 2, 1).is_err(),
+            try_build("Concat", 13, &[], 2, 1).is_err(),
             "axis is required from opset 4"
         );
         let y = run("Concat", 1, &[], &[a, b]);
@@ -1905,8 +1819,8 @@ mod tests {
         let parts = try_run("Split", 13, &[attr::int("axis", 1)], &[m], 2).unwrap();
         assert_eq!(values(&parts[1]), [2.0, 3.0, 6.0, 7.0]);
         assert!(try_run("Split", 13, &[], &[x.shallow_clone(), ints(&[2, 2])], 2).is_err());
-        assert!(build("Split", 13, &[attr::ints("split", &[4, 3])], 1, 2).is_err());
-        assert!(build("Split", 18, &[attr::int("num_outputs", 3)], 1, 2).is_err());
+        assert!(try_build("Split", 13, &[attr::ints("split", &[4, 3])], 1, 2).is_err());
+        assert!(try_build("Split", 18, &[attr::int("num_outputs", 3)], 1, 2).is_err());
     }
 
     #[test]
@@ -1986,7 +1900,7 @@ mod tests {
             &[m.shallow_clone()],
         );
         assert_eq!(y.size(), [3, 3]);
-        assert!(build("Slice", 9, &[attr::ints("starts", &[1])], 1, 1).is_err());
+        assert!(try_build("Slice", 9, &[attr::ints("starts", &[1])], 1, 1).is_err());
     }
 
     #[test]
@@ -2127,8 +2041,8 @@ mod tests {
             &[m.shallow_clone(), ints(&[1, 0]), omitted(), ints(&[-1])],
         );
         assert_eq!(values(&y), [0.0, 0.0, 1.0, 2.0, 2.0, 3.0]);
-        assert!(build("Pad", 13, &[attr::string("mode", "mirror")], 2, 1).is_err());
-        assert!(build("Pad", 2, &[], 1, 1).is_err());
+        assert!(try_build("Pad", 13, &[attr::string("mode", "mirror")], 2, 1).is_err());
+        assert!(try_build("Pad", 2, &[], 1, 1).is_err());
     }
 
     #[test]
@@ -2155,16 +2069,26 @@ mod tests {
             r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Tensor as i32),
             ..Default::default()
         };
-        let y = run("Constant", 13, &[value], &[]);
+        let y = run("Constant", 13, &[value], NO_INPUTS);
         assert_eq!((y.kind(), values(&y)), (Kind::Double, vec![1.5, -2.0]));
-        let y = run("Constant", 13, &[attr::ints("value_ints", &[1, -1])], &[]);
+        let y = run(
+            "Constant",
+            13,
+            &[attr::ints("value_ints", &[1, -1])],
+            NO_INPUTS,
+        );
         assert_eq!((y.kind(), int_values(&y)), (Kind::Int64, vec![1, -1]));
-        let y = run("Constant", 13, &[attr::float("value_float", 0.5)], &[]);
+        let y = run(
+            "Constant",
+            13,
+            &[attr::float("value_float", 0.5)],
+            NO_INPUTS,
+        );
         assert_eq!((y.size(), y.kind()), (vec![], Kind::Double));
-        let y = run("Constant", 13, &[attr::int("value_int", 3)], &[]);
+        let y = run("Constant", 13, &[attr::int("value_int", 3)], NO_INPUTS);
         assert_eq!((y.size(), int_values(&y)), (vec![], vec![3]));
-        assert!(build("Constant", 13, &[], 0, 1).is_err());
-        assert!(build(
+        assert!(try_build("Constant", 13, &[], 0, 1).is_err());
+        assert!(try_build(
             "Constant",
             13,
             &[attr::int("value_int", 3), attr::float("value_float", 1.0)],
@@ -2172,7 +2096,7 @@ mod tests {
             1
         )
         .is_err());
-        assert!(build("Constant", 13, &[attr::string("value_string", "x")], 0, 1).is_err());
+        assert!(try_build("Constant", 13, &[attr::string("value_string", "x")], 0, 1).is_err());
 
         let y = run("ConstantOfShape", 9, &[], &[ints(&[2, 3])]);
         assert_eq!((y.size(), y.kind()), (vec![2, 3], Kind::Double));
@@ -2386,8 +2310,8 @@ mod tests {
             1
         )
         .is_err());
-        assert!(build("Resize", 19, &[attr::string("mode", "area")], 3, 1).is_err());
-        assert!(build("Resize", 19, &[attr::int("antialias", 1)], 3, 1).is_err());
+        assert!(try_build("Resize", 19, &[attr::string("mode", "area")], 3, 1).is_err());
+        assert!(try_build("Resize", 19, &[attr::int("antialias", 1)], 3, 1).is_err());
     }
 
     #[test]
@@ -2446,7 +2370,7 @@ mod tests {
         let y = run(
             "Upsample",
             7,
-            &[float_list("scales", &[1.0, 2.0])],
+            &[attr::floats("scales", &[1.0, 2.0])],
             &[x.shallow_clone()],
         );
         assert_eq!(values(&y), [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
@@ -2514,12 +2438,22 @@ mod tests {
     #[test]
     fn second_derivatives() {
         let x = Tensor::randn([1, 1, 3, 4], (Kind::Double, tch::Device::Cpu));
-        let k = build("Pad", 13, &[attr::string("mode", "reflect")], 2, 1).unwrap();
-        check_grad(&k, &[x.shallow_clone(), ints(&[0, 0, 2, 1, 0, 0, 1, 3])], 0);
-        let k = build("Pad", 19, &[attr::string("mode", "wrap")], 2, 1).unwrap();
-        check_grad(&k, &[x.shallow_clone(), ints(&[0, 0, 1, 2, 0, 0, 1, 1])], 0);
-        let k = build("Pad", 13, &[], 3, 1).unwrap();
-        check_grad(
+        let k = try_build("Pad", 13, &[attr::string("mode", "reflect")], 2, 1).unwrap();
+        check_input(
+            &k,
+            &[x.shallow_clone(), ints(&[0, 0, 2, 1, 0, 0, 1, 3])],
+            0,
+            Head::Square,
+        );
+        let k = try_build("Pad", 19, &[attr::string("mode", "wrap")], 2, 1).unwrap();
+        check_input(
+            &k,
+            &[x.shallow_clone(), ints(&[0, 0, 1, 2, 0, 0, 1, 1])],
+            0,
+            Head::Square,
+        );
+        let k = try_build("Pad", 13, &[], 3, 1).unwrap();
+        check_input(
             &k,
             &[
                 x.shallow_clone(),
@@ -2527,10 +2461,11 @@ mod tests {
                 floats(&[0.5]),
             ],
             0,
+            Head::Square,
         );
 
-        let k = build("Resize", 19, &[attr::string("mode", "linear")], 4, 1).unwrap();
-        check_grad(
+        let k = try_build("Resize", 19, &[attr::string("mode", "linear")], 4, 1).unwrap();
+        check_input(
             &k,
             &[
                 x.shallow_clone(),
@@ -2539,8 +2474,9 @@ mod tests {
                 omitted(),
             ],
             0,
+            Head::Square,
         );
-        let k = build(
+        let k = try_build(
             "Resize",
             19,
             &[
@@ -2551,12 +2487,13 @@ mod tests {
             1,
         )
         .unwrap();
-        check_grad(
+        check_input(
             &k,
             &[x.shallow_clone(), omitted(), omitted(), ints(&[1, 1, 5, 3])],
             0,
+            Head::Square,
         );
-        let k = build(
+        let k = try_build(
             "Resize",
             19,
             &[attr::string("mode", "linear"), attr::int("antialias", 1)],
@@ -2564,20 +2501,22 @@ mod tests {
             1,
         )
         .unwrap();
-        check_grad(
+        check_input(
             &k,
             &[x.shallow_clone(), omitted(), omitted(), ints(&[1, 1, 2, 2])],
             0,
+            Head::Square,
         );
-        let k = build("Resize", 13, &[], 3, 1).unwrap();
-        check_grad(
+        let k = try_build("Resize", 13, &[], 3, 1).unwrap();
+        check_input(
             &k,
             &[x.shallow_clone(), omitted(), floats(&[1.0, 1.0, 2.0, 2.0])],
             0,
+            Head::Square,
         );
 
-        let k = build("Slice", 13, &[], 5, 1).unwrap();
-        check_grad(
+        let k = try_build("Slice", 13, &[], 5, 1).unwrap();
+        check_input(
             &k,
             &[
                 x.shallow_clone(),
@@ -2587,42 +2526,65 @@ mod tests {
                 ints(&[-2, 2]),
             ],
             0,
+            Head::Square,
         );
-        let k = build("Gather", 13, &[attr::int("axis", 3)], 2, 1).unwrap();
-        check_grad(&k, &[x.shallow_clone(), ints(&[0, -1, 0, 2])], 0);
-        let k = build("GatherElements", 13, &[attr::int("axis", 2)], 2, 1).unwrap();
-        check_grad(
+        let k = try_build("Gather", 13, &[attr::int("axis", 3)], 2, 1).unwrap();
+        check_input(
+            &k,
+            &[x.shallow_clone(), ints(&[0, -1, 0, 2])],
+            0,
+            Head::Square,
+        );
+        let k = try_build("GatherElements", 13, &[attr::int("axis", 2)], 2, 1).unwrap();
+        check_input(
             &k,
             &[
                 x.shallow_clone(),
                 ints(&[0, 2, 2, 1, 1, 1, 0, 0]).reshape([1, 1, 2, 4]),
             ],
             0,
+            Head::Square,
         );
-        let k = build("Expand", 13, &[], 2, 1).unwrap();
-        check_grad(&k, &[x.shallow_clone(), ints(&[2, 1, 3, 1])], 0);
-        let k = build("Tile", 13, &[], 2, 1).unwrap();
-        check_grad(&k, &[x.shallow_clone(), ints(&[1, 2, 1, 2])], 0);
-        let k = build("Concat", 13, &[attr::int("axis", 2)], 2, 1).unwrap();
+        let k = try_build("Expand", 13, &[], 2, 1).unwrap();
+        check_input(
+            &k,
+            &[x.shallow_clone(), ints(&[2, 1, 3, 1])],
+            0,
+            Head::Square,
+        );
+        let k = try_build("Tile", 13, &[], 2, 1).unwrap();
+        check_input(
+            &k,
+            &[x.shallow_clone(), ints(&[1, 2, 1, 2])],
+            0,
+            Head::Square,
+        );
+        let k = try_build("Concat", 13, &[attr::int("axis", 2)], 2, 1).unwrap();
         let other = Tensor::randn([1, 1, 2, 4], (Kind::Double, tch::Device::Cpu));
-        check_grad(&k, &[x.shallow_clone(), other.shallow_clone()], 0);
-        check_grad(&k, &[x.shallow_clone(), other], 1);
-        let k = build("Transpose", 13, &[attr::ints("perm", &[0, 3, 1, 2])], 1, 1).unwrap();
-        check_grad(&k, &[x.shallow_clone()], 0);
-        let k = build("Reshape", 14, &[], 2, 1).unwrap();
-        check_grad(&k, &[x.shallow_clone(), ints(&[0, -1])], 0);
-        let k = build("DepthToSpace", 13, &[attr::int("blocksize", 2)], 1, 1).unwrap();
-        check_grad(
+        check_input(
+            &k,
+            &[x.shallow_clone(), other.shallow_clone()],
+            0,
+            Head::Square,
+        );
+        check_input(&k, &[x.shallow_clone(), other], 1, Head::Square);
+        let k = try_build("Transpose", 13, &[attr::ints("perm", &[0, 3, 1, 2])], 1, 1).unwrap();
+        check_input(&k, &[x.shallow_clone()], 0, Head::Square);
+        let k = try_build("Reshape", 14, &[], 2, 1).unwrap();
+        check_input(&k, &[x.shallow_clone(), ints(&[0, -1])], 0, Head::Square);
+        let k = try_build("DepthToSpace", 13, &[attr::int("blocksize", 2)], 1, 1).unwrap();
+        check_input(
             &k,
             &[Tensor::randn(
                 [1, 4, 1, 2],
                 (Kind::Double, tch::Device::Cpu),
             )],
             0,
+            Head::Square,
         );
 
         // Split: second derivatives through the second output.
-        let k = build("Split", 13, &[attr::int("axis", 3)], 2, 2).unwrap();
+        let k = try_build("Split", 13, &[attr::int("axis", 3)], 2, 2).unwrap();
         let split_sizes = ints(&[1, 3]);
         gradcheck::check_second_derivative(
             |x| {

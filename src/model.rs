@@ -1,47 +1,81 @@
-//! What `eval` and `sanitize` share: loading a model onto a device, preparing
-//! data in the model's input space, and measuring ACC / ASR.
+//! A model file ready to compute on: an imported ONNX graph or a TorchScript
+//! module behind one [`Model`] type (the two back ends of [`Classifier`]),
+//! with what makes it usable as a classifier decided at load: which tensor
+//! holds the logits (a Softmax's input, or the log of probabilities), how a
+//! batch size fixed by the file is handled, and how images map onto its
+//! input ([`InputMap`]).
 
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::Path;
 
-use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{self, Dataset, Layout, Trigger};
+use crate::data::{self, Dataset, Layout};
+use crate::error::{bail, Error, Result};
 use crate::graph::{ops::Registry, rebatch, Graph, ImportOptions, ValueInfo};
 use crate::ibau::{Classifier, TrainError};
-use crate::onnx::Model;
+use crate::onnx::Model as OnnxFile;
 use crate::torchscript::{self, FileKind, TorchScript};
 
-/// Data options shared by the commands.
-#[derive(Debug, Clone, clap::Args)]
+/// How images in [0, 1] reach the model: the layout onto its input (by
+/// default the one that fits its declared shape) and a per-channel
+/// normalisation `(x - mean) / std` (none when both are empty).
+#[derive(Debug, Clone, Default)]
 pub struct Preprocess {
-    /// How images map onto the model input; by default the one layout that
-    /// fits the model's declared input shape.
-    #[arg(long, value_name = "nchw|nhwc|flat|hw")]
     pub layout: Option<Layout>,
-    /// Per-channel mean subtracted after scaling to [0,1] (e.g. 0.5 or 0.49,0.48,0.45).
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "M[,M..]", value_parser = finite_number, allow_negative_numbers = true)]
     pub mean: Vec<f64>,
-    /// Per-channel standard deviation divided by after the mean (above 0).
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "S[,S..]", value_parser = super::positive_number, allow_negative_numbers = true)]
     pub std: Vec<f64>,
-}
-
-fn finite_number(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}` is not a finite number")),
-    }
 }
 
 /// Which tensor I-BAU's losses and the predictions use as logits.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LogitsSource {
-    /// The tensor's name in the graph.
+    /// The tensor's name in the graph (`forward()` for TorchScript).
     pub tensor: String,
-    /// Why that tensor: `graph output`, `input of Softmax node ...`, or
-    /// `log of graph output ...` (probabilities found at run time).
-    pub how: String,
+    /// Why that tensor (serialized as its sentence, see [`LogitsHow`]).
+    #[serde(serialize_with = "crate::serialize_display")]
+    pub how: LogitsHow,
+}
+
+/// How the logits were found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogitsHow {
+    /// The first graph output itself.
+    GraphOutput,
+    /// The input of the Softmax node `node` that makes graph output `output`.
+    SoftmaxInput { node: String, output: String },
+    /// The log of the first graph output, whose rows turned out to be
+    /// probabilities.
+    LogOfOutput { output: String },
+    /// A TorchScript module's `forward` result.
+    ModuleOutput,
+}
+
+impl LogitsHow {
+    /// Whether the logits are the model's output as it stands (nothing to
+    /// tell the user).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, LogitsHow::GraphOutput | LogitsHow::ModuleOutput)
+    }
+}
+
+impl fmt::Display for LogitsHow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogitsHow::GraphOutput => write!(f, "graph output"),
+            LogitsHow::SoftmaxInput { node, output } => write!(
+                f,
+                "input of Softmax node `{node}` (graph output `{output}` holds probabilities)"
+            ),
+            LogitsHow::LogOfOutput { output } => {
+                write!(
+                    f,
+                    "log of graph output `{output}` (its rows are probabilities)"
+                )
+            }
+            LogitsHow::ModuleOutput => write!(f, "module output"),
+        }
+    }
 }
 
 /// An imported ONNX graph as an I-BAU classifier. The logits are the first
@@ -97,7 +131,7 @@ impl GraphClassifier {
         let mut outputs = self
             .graph
             .forward(std::slice::from_ref(x))
-            .map_err(|e| TrainError::Model(e.to_string()))?;
+            .map_err(|e| TrainError::Graph(Box::new(e)))?;
         Ok(outputs.swap_remove(self.output))
     }
 
@@ -114,8 +148,8 @@ impl GraphClassifier {
     /// Runs `x` through the model; when the logits come straight from a graph
     /// output whose rows are probabilities (in [0, 1], summing to one), the
     /// classifier switches to their log and says so.
-    pub fn detect_probabilities(&mut self, x: &Tensor) -> anyhow::Result<()> {
-        if self.log || self.logits.how != "graph output" {
+    pub fn detect_probabilities(&mut self, x: &Tensor) -> Result<()> {
+        if self.log || self.logits.how != LogitsHow::GraphOutput {
             return Ok(());
         }
         let out = tch::no_grad(|| self.logits(x))?.f_to_kind(Kind::Double)?;
@@ -128,10 +162,9 @@ impl GraphClassifier {
         let off = (sums - 1.0).f_abs()?.f_max()?.double_value(&[]);
         if min >= 0.0 && max <= 1.0 && off < 1e-3 {
             self.log = true;
-            self.logits.how = format!(
-                "log of graph output `{}` (its rows are probabilities)",
-                self.logits.tensor
-            );
+            self.logits.how = LogitsHow::LogOfOutput {
+                output: self.logits.tensor.clone(),
+            };
         }
         Ok(())
     }
@@ -179,7 +212,7 @@ pub fn fixed_batch_chunks(x: &Tensor, b: i64) -> Result<Vec<(Tensor, i64)>, tch:
 
 /// The Softmax that makes graph output `output` (through Identity nodes),
 /// when it normalises the last axis: its node name and input tensor.
-fn softmax_producer(model: &Model, output: &str) -> Option<(String, String)> {
+fn softmax_producer(model: &OnnxFile, output: &str) -> Option<(String, String)> {
     let graph = model.graph();
     let mut name = output.to_string();
     loop {
@@ -226,17 +259,17 @@ struct FixedBatch {
 /// samples, what runs of `b` samples compute; otherwise the file as it is,
 /// run in chunks of `b` (correct, slower).
 fn import_fixed_batch(
-    model: &Model,
+    model: &OnnxFile,
     b: i64,
     options: &ImportOptions,
-) -> anyhow::Result<(Graph, FixedBatch)> {
+) -> Result<(Graph, FixedBatch)> {
     let registry = Registry::standard();
     // The probe needs every per-sample dimension.
     let rest: Option<Vec<i64>> = ValueInfo::from_proto(&model.graph().input[0])
         .fixed_dims()
         .and_then(|dims| dims.get(1..)?.iter().copied().collect());
     let tolerance = Graph::default_tolerance(model).0;
-    let free = |rest: &[i64]| -> anyhow::Result<Option<(Graph, usize, f64)>> {
+    let free = |rest: &[i64]| -> Result<Option<(Graph, usize, f64)>> {
         let Some(rebatched) = rebatch::free_batch(model, b)? else {
             return Ok(None);
         };
@@ -248,7 +281,7 @@ fn import_fixed_batch(
         let probe = Tensor::f_rand(shape.as_slice(), (Kind::Float, options.device))?;
         // Largest difference between one run of the probe and runs of `b`
         // samples, relative to the output's scale, over every graph output.
-        let check = || -> anyhow::Result<f64> {
+        let check = || -> Result<f64> {
             tch::no_grad(|| {
                 let whole = graph.forward(std::slice::from_ref(&probe))?;
                 let mut parts: Vec<Vec<Tensor>> = whole.iter().map(|_| Vec::new()).collect();
@@ -259,13 +292,9 @@ fn import_fixed_batch(
                 }
                 let mut worst = 0f64;
                 for (out, parts) in whole.iter().zip(&parts) {
-                    let parts = Tensor::f_cat(parts, 0)?.f_to_kind(Kind::Double)?;
-                    let diff = (out.f_to_kind(Kind::Double)? - &parts)
-                        .f_abs()?
-                        .f_max()?
-                        .double_value(&[]);
-                    let scale = parts.f_abs()?.f_max()?.double_value(&[]).max(1.0);
-                    worst = worst.max(diff / scale);
+                    // Shapes that differ count as an infinite difference.
+                    let parts = Tensor::f_cat(parts, 0)?;
+                    worst = worst.max(crate::parity::relative_difference(out, &parts));
                 }
                 Ok(worst)
             })
@@ -310,14 +339,14 @@ fn import_fixed_batch(
 pub fn load_classifier(
     path: &Path,
     options: &ImportOptions,
-) -> anyhow::Result<(Model, GraphClassifier)> {
-    let model = Model::load(path)?;
+) -> Result<(OnnxFile, GraphClassifier)> {
+    let model = OnnxFile::load(path)?;
     let first_output = model
         .graph()
         .output
         .first()
         .map(|o| o.name().to_string())
-        .with_context(|| format!("`{}` has no graph outputs", path.display()))?;
+        .ok_or_else(|| Error::Model(format!("`{}` has no graph outputs", path.display())))?;
     let softmax = softmax_producer(&model, &first_output);
     let (graph, batch) = {
         let with_logits;
@@ -340,17 +369,19 @@ pub fn load_classifier(
         };
         let fixed_batch = model.graph().input.first().and_then(rebatch::fixed_batch);
         match fixed_batch {
-            Some(b) => import_fixed_batch(import, b, options)
-                .with_context(|| format!("importing `{}`", path.display()))?,
+            Some(b) => import_fixed_batch(import, b, options).map_err(|e| match e {
+                Error::Graph(source) => Error::import(path, *source),
+                other => other,
+            })?,
             None => (
                 Graph::import(import, &Registry::standard(), options)
-                    .with_context(|| format!("importing `{}`", path.display()))?,
+                    .map_err(|source| Error::import(path, source))?,
                 FixedBatch::default(),
             ),
         }
     };
     if graph.inputs.len() != 1 {
-        anyhow::bail!(
+        bail!(
             "`{}` has {} graph inputs ({}); ibau handles classifiers with one image input",
             path.display(),
             graph.inputs.len(),
@@ -366,7 +397,10 @@ pub fn load_classifier(
         Some((node, input)) => (
             graph.outputs.len() - 1,
             LogitsSource {
-                how: format!("input of Softmax node `{node}` (graph output `{first_output}` holds probabilities)"),
+                how: LogitsHow::SoftmaxInput {
+                    node,
+                    output: first_output,
+                },
                 tensor: input,
             },
         ),
@@ -374,7 +408,7 @@ pub fn load_classifier(
             0,
             LogitsSource {
                 tensor: first_output,
-                how: "graph output".into(),
+                how: LogitsHow::GraphOutput,
             },
         ),
     };
@@ -392,24 +426,11 @@ pub fn load_classifier(
     ))
 }
 
-/// A dataset file with an optional `A:B` range.
-pub fn load_data(path: &Path, range: Option<&str>) -> anyhow::Result<Dataset> {
-    let dataset = data::load(path)?;
-    let dataset = match range {
-        Some(r) => dataset.slice(data::parse_range(r)?)?,
-        None => dataset,
-    };
-    if dataset.is_empty() {
-        anyhow::bail!("`{}` holds no samples", dataset.source);
-    }
-    Ok(dataset)
-}
-
 /// A model file loaded for computing: an imported ONNX graph or a
 /// TorchScript module (the two back ends of [`Classifier`]).
-pub enum LoadedModel {
+pub enum Model {
     Onnx {
-        file: Box<Model>,
+        file: Box<OnnxFile>,
         model: Box<GraphClassifier>,
     },
     TorchScript(TorchScript),
@@ -424,12 +445,12 @@ pub struct TrainableShare {
     pub share: f64,
 }
 
-impl LoadedModel {
+impl Model {
     /// Loads `path` (ONNX or TorchScript, told apart by content) for
     /// `options.device`; PyTorch pickles are refused.
-    pub fn load(path: &Path, options: &ImportOptions) -> anyhow::Result<LoadedModel> {
+    pub fn load(path: &Path, options: &ImportOptions) -> Result<Model> {
         match torchscript::detect(path)? {
-            FileKind::TorchScript => Ok(LoadedModel::TorchScript(TorchScript::load(
+            FileKind::TorchScript => Ok(Model::TorchScript(TorchScript::load(
                 path,
                 options.device,
                 options.freeze.as_ref(),
@@ -437,7 +458,7 @@ impl LoadedModel {
             )?)),
             FileKind::Onnx => {
                 let (file, model) = load_classifier(path, options)?;
-                Ok(LoadedModel::Onnx {
+                Ok(Model::Onnx {
                     file: Box::new(file),
                     model: Box::new(model),
                 })
@@ -446,10 +467,26 @@ impl LoadedModel {
         }
     }
 
+    /// The file the model was loaded from.
+    pub fn path(&self) -> &Path {
+        match self {
+            Model::Onnx { file, .. } => &file.path,
+            Model::TorchScript(ts) => &ts.path,
+        }
+    }
+
+    /// The external-data files an ONNX model reads (none for TorchScript).
+    pub fn external_files(&self) -> Vec<std::path::PathBuf> {
+        match self {
+            Model::Onnx { file, .. } => file.external_files(),
+            Model::TorchScript(_) => Vec::new(),
+        }
+    }
+
     pub fn classifier(&self) -> &dyn Classifier {
         match self {
-            LoadedModel::Onnx { model, .. } => model.as_ref(),
-            LoadedModel::TorchScript(ts) => ts,
+            Model::Onnx { model, .. } => model.as_ref(),
+            Model::TorchScript(ts) => ts,
         }
     }
 
@@ -457,28 +494,31 @@ impl LoadedModel {
     /// files declare none.
     pub fn declared_input(&self) -> Option<Vec<Option<i64>>> {
         match self {
-            LoadedModel::Onnx { model, .. } => {
+            Model::Onnx { model, .. } => {
                 Some(model.graph.inputs[0].fixed_dims().unwrap_or_default())
             }
-            LoadedModel::TorchScript(_) => None,
+            Model::TorchScript(_) => None,
         }
     }
 
     pub fn trainable(&self) -> TrainableShare {
         match self {
-            LoadedModel::Onnx { model, .. } => {
-                let t = crate::cli::inspect::trainable_summary(&model.graph.roles);
+            Model::Onnx { model, .. } => {
+                let t = crate::inspect::trainable_summary(&model.graph.roles);
                 TrainableShare {
                     tensors: t.tensors,
                     elements: t.elements,
                     share: t.share,
                 }
             }
-            LoadedModel::TorchScript(ts) => {
+            Model::TorchScript(ts) => {
                 let weights: i64 = ts
                     .infos
                     .iter()
-                    .filter(|p| p.trainable || p.reason.as_deref() == Some("frozen by --freeze"))
+                    .filter(|p| {
+                        p.trainable
+                            || p.reason == Some(torchscript::FrozenParameter::FrozenByOption)
+                    })
                     .map(|p| p.elements)
                     .sum();
                 let elements: i64 = ts
@@ -507,10 +547,10 @@ impl LoadedModel {
     /// The tensor used as logits.
     pub fn logits_source(&self) -> LogitsSource {
         match self {
-            LoadedModel::Onnx { model, .. } => model.logits.clone(),
-            LoadedModel::TorchScript(_) => LogitsSource {
+            Model::Onnx { model, .. } => model.logits.clone(),
+            Model::TorchScript(_) => LogitsSource {
                 tensor: "forward()".into(),
-                how: "module output".into(),
+                how: LogitsHow::ModuleOutput,
             },
         }
     }
@@ -518,21 +558,21 @@ impl LoadedModel {
     /// How a batch size fixed by the file is handled (ONNX models only).
     pub fn batch_note(&self) -> Option<String> {
         match self {
-            LoadedModel::Onnx { model, .. } => model.batch_note.clone(),
-            LoadedModel::TorchScript(_) => None,
+            Model::Onnx { model, .. } => model.batch_note.clone(),
+            Model::TorchScript(_) => None,
         }
     }
 
     /// See [`GraphClassifier::detect_probabilities`] (ONNX models only).
-    pub fn detect_probabilities(&mut self, x: &Tensor) -> anyhow::Result<()> {
+    pub fn detect_probabilities(&mut self, x: &Tensor) -> Result<()> {
         match self {
-            LoadedModel::Onnx { model, .. } => model.detect_probabilities(x),
-            LoadedModel::TorchScript(_) => Ok(()),
+            Model::Onnx { model, .. } => model.detect_probabilities(x),
+            Model::TorchScript(_) => Ok(()),
         }
     }
 }
 
-/// Images in [0,1] `[N,C,H,W]` -> the model's input space: normalised, laid
+/// Images in `[0, 1]` `[N,C,H,W]` -> the model's input space: normalised, laid
 /// out as the model declares, on the model's device.
 pub struct InputMap {
     pub model_shape: Vec<Option<i64>>,
@@ -549,14 +589,14 @@ impl InputMap {
     /// The map for `model` and images of `data`'s `[C, H, W]`. A model that
     /// declares no input shape (TorchScript) is probed: each layout is run
     /// on one zero image, and the layouts that give `[1, K]` outputs fit.
-    pub fn new(model: &LoadedModel, pre: &Preprocess, data: &Dataset) -> anyhow::Result<InputMap> {
+    pub fn new(model: &Model, pre: &Preprocess, data: &Dataset) -> Result<InputMap> {
         let model_shape = match model.declared_input() {
             Some(shape) => shape,
             None => probe_input(model.classifier(), &data.images.size(), pre.layout)?,
         };
         let dtype = match model {
-            LoadedModel::Onnx { model, .. } => model.graph.inputs[0].data_type,
-            LoadedModel::TorchScript(_) => crate::onnx::DataType::FLOAT,
+            Model::Onnx { model, .. } => model.graph.inputs[0].data_type,
+            Model::TorchScript(_) => crate::onnx::DataType::FLOAT,
         };
         Ok(InputMap {
             model_shape,
@@ -568,7 +608,7 @@ impl InputMap {
         })
     }
 
-    pub fn apply(&self, images: &Tensor) -> anyhow::Result<Tensor> {
+    pub fn apply(&self, images: &Tensor) -> Result<Tensor> {
         let normalised = if self.mean.is_empty() && self.std.is_empty() {
             images.shallow_clone()
         } else {
@@ -585,9 +625,9 @@ fn probe_input(
     model: &dyn Classifier,
     images: &[i64],
     forced: Option<Layout>,
-) -> anyhow::Result<Vec<Option<i64>>> {
+) -> Result<Vec<Option<i64>>> {
     let [_, c, h, w] = images else {
-        anyhow::bail!("expected [N, C, H, W] images, got {images:?}");
+        bail!("expected [N, C, H, W] images, got {images:?}");
     };
     let candidates = match forced {
         Some(l) => vec![l],
@@ -615,15 +655,15 @@ fn probe_input(
             Ok(std::iter::once(None).chain(sample.into_iter().map(Some)).collect())
         }
         0 => match forced {
-            Some(l) => anyhow::bail!(
+            Some(l) => bail!(
                 "the model does not run on [1, {c}, {h}, {w}] images laid out as {l} (--layout): {why}"
             ),
-            None => anyhow::bail!(
+            None => bail!(
                 "the model runs on none of the layouts nchw, nhwc, flat of [N, {c}, {h}, {w}] images \
                  (it should return [N, classes] logits): {why}"
             ),
         },
-        _ => anyhow::bail!(
+        _ => bail!(
             "the model runs on several layouts of [N, {c}, {h}, {w}] images ({}): choose one with --layout",
             fitting
                 .iter()
@@ -634,54 +674,6 @@ fn probe_input(
     }
 }
 
-/// Checks, on the first samples of `data`, that the model's class scores
-/// are finite, and that every label of `data` (named by `option` in
-/// errors) and the attack's `target` name one of its classes. Returns the
-/// number of classes.
-pub fn check_classes(
-    model: &dyn Classifier,
-    map: &InputMap,
-    data: &Dataset,
-    target: Option<i64>,
-    option: &str,
-) -> anyhow::Result<i64> {
-    let Some((images, _)) = data.batches(8).next() else {
-        anyhow::bail!("{option} `{}` holds no samples", data.source);
-    };
-    let logits = tch::no_grad(|| {
-        model
-            .logits(&map.apply(&images)?)
-            .map_err(anyhow::Error::from)
-    })?;
-    let classes = logits.size().get(1).copied().unwrap_or(0);
-    let finite = logits.f_isfinite()?.f_all()?.int64_value(&[]) != 0;
-    if !finite {
-        anyhow::bail!(
-            "the model's class scores on {option} `{}` are not finite (NaN or Inf): its weights or graph produce NaN/Inf",
-            data.source
-        );
-    }
-    let labels = &data.labels;
-    let (lo, hi) = (
-        labels.f_min()?.int64_value(&[]),
-        labels.f_max()?.int64_value(&[]),
-    );
-    if lo < 0 || hi >= classes {
-        anyhow::bail!(
-            "{option} `{}` has labels from {lo} to {hi}, but the model has {classes} classes (0 to {})",
-            data.source,
-            classes - 1
-        );
-    }
-    if let Some(t) = target.filter(|t| !(0..classes).contains(t)) {
-        anyhow::bail!(
-            "--target {t} is not a class of the model: it has {classes} classes (0 to {})",
-            classes - 1
-        );
-    }
-    Ok(classes)
-}
-
 /// The telling line of a libtorch message: TorchScript errors open with
 /// "The following operation failed..." and a traceback, and end with the
 /// Python-style error line (`RuntimeError: ...`); others with the message.
@@ -689,99 +681,4 @@ fn first_line(text: &str) -> &str {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.clone().next().unwrap_or(text);
     lines.find(|l| l.contains("Error: ")).unwrap_or(first)
-}
-
-/// Clean accuracy and attack success rate.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Metrics {
-    pub acc: f64,
-    /// `null` without a trigger.
-    pub asr: Option<f64>,
-    pub samples: usize,
-}
-
-/// A test set with what is needed to measure ACC and ASR.
-pub struct TestSet {
-    pub data: Dataset,
-    pub trigger: Option<(Trigger, i64)>,
-    pub batch_size: usize,
-}
-
-fn predictions(model: &dyn Classifier, map: &InputMap, images: &Tensor) -> anyhow::Result<Tensor> {
-    let x = map.apply(images)?;
-    let logits = tch::no_grad(|| model.logits(&x))?;
-    Ok(logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?)
-}
-
-/// A hint when a model gets fewer than half of the clean samples right: a
-/// poisoned classifier keeps its clean accuracy, so the data most likely
-/// reaches it differently from how it was trained.
-pub fn low_accuracy_hint(acc: f64, what: &str) -> Option<String> {
-    (acc < 0.5).then(|| {
-        format!(
-            "the model classifies only {:.1}% of {what} correctly: is the data prepared \
-             as it was in training? (--mean/--std normalisation, --layout; pixels are \
-             scaled to [0,1])",
-            100.0 * acc
-        )
-    })
-}
-
-/// ACC over every sample; ASR over the samples whose label is not the target,
-/// with the trigger applied to the [0,1] image before normalisation and layout.
-pub fn evaluate(model: &dyn Classifier, map: &InputMap, test: &TestSet) -> anyhow::Result<Metrics> {
-    let mut correct = 0i64;
-    let mut attacked = 0i64;
-    let mut hits = 0i64;
-    for (images, labels) in test.data.batches(test.batch_size) {
-        let predicted = predictions(model, map, &images)?;
-        correct += predicted
-            .f_eq_tensor(&labels)?
-            .f_sum(Kind::Int64)?
-            .int64_value(&[]);
-        if let Some((trigger, target)) = &test.trigger {
-            let keep = labels.f_ne(*target)?.f_nonzero()?.f_flatten(0, -1)?;
-            if keep.size()[0] == 0 {
-                continue;
-            }
-            let triggered = trigger.apply(&images.f_index_select(0, &keep)?)?;
-            let predicted = predictions(model, map, &triggered)?;
-            attacked += keep.size()[0];
-            hits += predicted
-                .f_eq(*target)?
-                .f_sum(Kind::Int64)?
-                .int64_value(&[]);
-        }
-    }
-    let n = test.data.len();
-    Ok(Metrics {
-        acc: if n == 0 {
-            0.0
-        } else {
-            correct as f64 / n as f64
-        },
-        asr: test.trigger.as_ref().map(|_| {
-            if attacked == 0 {
-                0.0
-            } else {
-                hits as f64 / attacked as f64
-            }
-        }),
-        samples: n,
-    })
-}
-
-/// Parses a trigger option, naming it in the error.
-pub fn parse_trigger(spec: &str) -> Result<Trigger, String> {
-    spec.parse::<Trigger>().map_err(|e| e.to_string())
-}
-
-/// A data path, checked to exist.
-pub fn existing_path(s: &str) -> Result<PathBuf, String> {
-    let p = PathBuf::from(s);
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!("`{s}` does not exist"))
-    }
 }

@@ -1,0 +1,438 @@
+//! `sanitize`: I-BAU on a loaded [`Model`], the cleaned weights written
+//! back into the same file format, gated by a second runtime (ONNX Runtime
+//! for ONNX, a libtorch reload for TorchScript) on the clean set.
+//!
+//! Long work reports through an [`Observer`]: the command line's progress
+//! bar and round table are one; a test can collect the events instead.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::Dataset;
+use crate::error::{bail, Error, Result};
+use crate::evaluate::{self, Metrics, TestSet};
+use crate::ibau::{self, Batch, Classifier, Config, RoundStats};
+use crate::model::{GraphClassifier, InputMap, LogitsSource, Model, Preprocess, TrainableShare};
+use crate::outputs::OutputPlan;
+use crate::parity::{self, OrtSession};
+use crate::torchscript::TorchScript;
+
+/// What [`sanitize`] does beyond I-BAU's own hyper-parameters.
+#[derive(Default)]
+pub struct SanitizeConfig {
+    /// I-BAU's hyper-parameters (the paper's defaults, the targeted search).
+    pub ibau: Config,
+    /// How the clean (and test) images reach the model.
+    pub preprocess: Preprocess,
+    /// Measure ACC (and ASR with a trigger) before, after every round and
+    /// after.
+    pub test: Option<TestSet>,
+    /// Stop once a round ends with the measured ASR below this share.
+    pub stop_below_asr: Option<f64>,
+    /// Tolerance of the parity gate; `None` = what suits the precision.
+    pub parity_tolerance: Option<f64>,
+}
+
+/// What happens during [`sanitize`], in order.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The model and data are ready; training starts.
+    Started {
+        device: Device,
+        clean_samples: usize,
+        batches: usize,
+        trainable: TrainableShare,
+        logits: &'a LogitsSource,
+        /// How a batch size fixed by the file is handled.
+        batch_note: Option<&'a str>,
+    },
+    /// Something the user should know (data prepared differently from
+    /// training, say).
+    Warning(String),
+    /// One outer step of I-BAU is done.
+    Step {
+        round: usize,
+        rounds: usize,
+        step: usize,
+        steps_per_round: usize,
+    },
+    /// A round is done (with its ACC/ASR when a test set is given).
+    Round(&'a Round),
+    /// float16/bfloat16 weights were rounded to their stored precision.
+    Rounded { tensors: usize },
+}
+
+/// Receives [`Event`]s.
+pub trait Observer {
+    fn event(&mut self, event: Event<'_>);
+}
+
+/// Any closure taking events is an observer.
+impl<F: FnMut(Event<'_>)> Observer for F {
+    fn event(&mut self, event: Event<'_>) {
+        self(event)
+    }
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl Observer for Silent {
+    fn event(&mut self, _: Event<'_>) {}
+}
+
+/// The `--report` document (schema 1).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub input: String,
+    pub output: String,
+    pub device: String,
+    pub seconds: f64,
+    pub clean_samples: usize,
+    pub trainable: Trainable,
+    /// The tensor I-BAU's losses used as logits.
+    pub logits: LogitsSource,
+    /// How a batch size fixed by the file was handled (absent when the
+    /// file's batch axis is dynamic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    pub config: Config,
+    pub before: Option<Metrics>,
+    pub after: Option<Metrics>,
+    pub rounds: Vec<Round>,
+    pub parity: Parity,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Trainable {
+    pub tensors: usize,
+    pub elements: i64,
+    pub share: f64,
+}
+
+/// One round in the report: what I-BAU did (its fields inline in the JSON)
+/// and the ACC/ASR measured after it (`null` without a test set).
+#[derive(Debug, Serialize)]
+pub struct Round {
+    #[serde(flatten)]
+    pub stats: RoundStats,
+    pub acc: Option<f64>,
+    pub asr: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Parity {
+    /// What ran the written file: `onnxruntime` or `libtorch`.
+    pub runtime: &'static str,
+    pub passed: bool,
+    pub max_abs_diff: f64,
+    pub tolerance: f64,
+}
+
+/// Runs I-BAU on `model` with the clean samples `clean` and writes the
+/// cleaned model to `output.model` (with its external data beside it when
+/// the input had some), only after a second runtime has run the written
+/// file on the clean set and matched the trained module. `model` is trained
+/// in place. Nothing is written when anything fails.
+pub fn sanitize(
+    model: &mut Model,
+    clean: &Dataset,
+    config: &SanitizeConfig,
+    output: &OutputPlan,
+    observer: &mut dyn Observer,
+) -> Result<Report> {
+    let start = Instant::now();
+    if model.classifier().parameters().is_empty() {
+        bail!(
+            "`{}` has no trainable weights: nothing to sanitize",
+            model.path().display()
+        );
+    }
+    let map = InputMap::new(model, &config.preprocess, clean)?;
+    let batches: Vec<Batch> = clean
+        .batches(config.ibau.batch_size)
+        .map(|(images, labels)| {
+            Ok(Batch {
+                images: map.apply(&images)?,
+                labels: labels.f_to_device(map.device)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    if let Some(first) = batches.first() {
+        model.detect_probabilities(&first.images)?;
+        let acc = batch_accuracy(model.classifier(), first)?;
+        if let Some(hint) = evaluate::low_accuracy_hint(acc, "the first clean batch") {
+            observer.event(Event::Warning(hint));
+        }
+    }
+    let classifier = model.classifier();
+    evaluate::check_classes(classifier, &map, clean, None, "--clean")?;
+    if let Some(test) = &config.test {
+        let target = test.trigger.as_ref().map(|(_, t)| *t);
+        evaluate::check_classes(classifier, &map, &test.data, target, "--test")?;
+    }
+    let logits = model.logits_source();
+    let trainable = model.trainable();
+    let batch_note = model.batch_note();
+    observer.event(Event::Started {
+        device: classifier.device(),
+        clean_samples: clean.len(),
+        batches: batches.len(),
+        trainable,
+        logits: &logits,
+        batch_note: batch_note.as_deref(),
+    });
+    let measure = || {
+        config
+            .test
+            .as_ref()
+            .map(|t| evaluate::evaluate(classifier, &map, t))
+            .transpose()
+    };
+    let before = measure()?;
+    let rounds = unlearn(classifier, &batches, config, &measure, observer)?;
+    let mut after = rounds
+        .last()
+        .zip(config.test.as_ref())
+        .map(|(r, t)| Metrics {
+            acc: r.acc.unwrap_or(0.0),
+            asr: r.asr,
+            samples: t.data.len(),
+        });
+    // Weights stored in float16/bfloat16 were trained as float32 master
+    // weights; round them to what the file will hold, and measure that.
+    if let Model::Onnx { model: graph, .. } = &*model {
+        let rounded = graph.graph.params.round_to_stored_precision()?;
+        if rounded > 0 {
+            observer.event(Event::Rounded { tensors: rounded });
+            if config.test.is_some() {
+                after = measure()?;
+            }
+        }
+    }
+    let parity_inputs: Vec<Tensor> = batches.iter().map(|b| b.images.shallow_clone()).collect();
+    let parity = write_checked(model, &parity_inputs, config.parity_tolerance, output)?;
+    Ok(Report {
+        schema: 1,
+        input: model.path().display().to_string(),
+        output: output.model.display().to_string(),
+        device: format!("{:?}", classifier.device()).to_lowercase(),
+        seconds: start.elapsed().as_secs_f64(),
+        clean_samples: clean.len(),
+        trainable: Trainable {
+            tensors: trainable.tensors,
+            elements: trainable.elements,
+            share: trainable.share,
+        },
+        logits,
+        batch: batch_note,
+        config: config.ibau.clone(),
+        before,
+        after,
+        rounds,
+        parity,
+    })
+}
+
+/// The share of a batch the model gets right.
+fn batch_accuracy(model: &dyn Classifier, batch: &Batch) -> Result<f64> {
+    let predicted = tch::no_grad(|| model.logits(&batch.images))?.f_argmax(-1, false)?;
+    Ok(predicted
+        .f_eq_tensor(&batch.labels)?
+        .f_to_kind(Kind::Double)?
+        .f_mean(Kind::Double)?
+        .double_value(&[]))
+}
+
+/// I-BAU's rounds, each measured with `measure` and reported to `observer`;
+/// stops early once the measured ASR is below `config.stop_below_asr`.
+fn unlearn(
+    model: &dyn Classifier,
+    batches: &[Batch],
+    config: &SanitizeConfig,
+    measure: &dyn Fn() -> Result<Option<Metrics>>,
+    observer: &mut dyn Observer,
+) -> Result<Vec<Round>> {
+    let mut rounds = Vec::new();
+    // An evaluation error inside the round callback, passed out as itself.
+    let mut failure = None;
+    let rounds_total = config.ibau.rounds;
+    let steps_per_round = batches.len();
+    let result = {
+        let observer = std::cell::RefCell::new(&mut *observer);
+        ibau::unlearn(
+            model,
+            batches,
+            &config.ibau,
+            &mut |round, step| {
+                observer.borrow_mut().event(Event::Step {
+                    round,
+                    rounds: rounds_total,
+                    step,
+                    steps_per_round,
+                })
+            },
+            &mut |stats| {
+                let metrics = match measure() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        failure = Some(e);
+                        return Ok(std::ops::ControlFlow::Break(()));
+                    }
+                };
+                let round = Round {
+                    stats: stats.clone(),
+                    acc: metrics.map(|m| m.acc),
+                    asr: metrics.and_then(|m| m.asr),
+                };
+                observer.borrow_mut().event(Event::Round(&round));
+                rounds.push(round);
+                let done = config
+                    .stop_below_asr
+                    .zip(metrics.and_then(|m| m.asr))
+                    .is_some_and(|(limit, asr)| asr < limit);
+                Ok(if done {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                })
+            },
+        )
+    };
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    result?;
+    Ok(rounds)
+}
+
+/// Writes the trained `model` through the plan, gated by the parity check.
+fn write_checked(
+    model: &Model,
+    inputs: &[Tensor],
+    tolerance: Option<f64>,
+    output: &OutputPlan,
+) -> Result<Parity> {
+    Ok(match model {
+        Model::Onnx { file, model } => {
+            let tolerance =
+                tolerance.unwrap_or_else(|| crate::graph::Graph::default_tolerance(file).0);
+            let trained = crate::export::with_parameters(file, &model.graph.params)?;
+            crate::export::write_checked(&trained, output, |path| {
+                onnx_parity(path, model, inputs, tolerance)
+            })?
+        }
+        Model::TorchScript(ts) => {
+            let tolerance = tolerance.unwrap_or(1e-4);
+            crate::export::write_checked_with(
+                output,
+                |path| Ok(ts.save_trained(path)?),
+                |path| torchscript_parity(path, ts, inputs, tolerance),
+            )?
+        }
+    })
+}
+
+/// Why the parity gate refused a written file.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The second runtime could not run the written file.
+    #[error(transparent)]
+    Run(#[from] Error),
+    #[error("{runtime} on the written file differs from the trained module by {worst:.3e} (tolerance {tolerance:e})")]
+    Differs {
+        runtime: &'static str,
+        worst: f64,
+        tolerance: f64,
+    },
+}
+
+/// Worst difference over `inputs` of `ours` and `theirs`, and whether every
+/// output stayed within `tolerance` (see [`parity::within`]).
+fn compare_runs(
+    runtime: &'static str,
+    inputs: &[Tensor],
+    tolerance: f64,
+    mut run: impl FnMut(&Tensor) -> Result<(Vec<Tensor>, Vec<Tensor>)>,
+) -> std::result::Result<Parity, GateError> {
+    let mut worst = 0.0f64;
+    let mut passed = true;
+    for x in inputs {
+        let (ours, theirs) = run(x)?;
+        for (a, b) in ours.iter().zip(&theirs) {
+            let diff = parity::max_abs_diff(a, b);
+            worst = worst.max(diff);
+            passed &= parity::within(diff, parity::max_abs(b), tolerance);
+        }
+    }
+    if passed {
+        Ok(Parity {
+            runtime,
+            passed,
+            max_abs_diff: worst,
+            tolerance,
+        })
+    } else {
+        Err(GateError::Differs {
+            runtime,
+            worst,
+            tolerance,
+        })
+    }
+}
+
+/// Runs the written ONNX file with ONNX Runtime on the clean set and compares
+/// it with the trained module.
+fn onnx_parity(
+    path: &Path,
+    model: &GraphClassifier,
+    inputs: &[Tensor],
+    tolerance: f64,
+) -> std::result::Result<Parity, GateError> {
+    let mut session = OrtSession::open(path).map_err(Error::from)?;
+    // A file with a fixed batch size takes batches of that size only.
+    let chunked;
+    let inputs = match model.fixed_batch {
+        Some(b) => {
+            chunked = inputs
+                .iter()
+                .map(|x| crate::model::fixed_batch_chunks(x, b))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(Error::from)?
+                .into_iter()
+                .flatten()
+                .map(|(chunk, _)| chunk)
+                .collect::<Vec<_>>();
+            chunked.as_slice()
+        }
+        None => inputs,
+    };
+    compare_runs("onnxruntime", inputs, tolerance, |x| {
+        let ours = tch::no_grad(|| model.graph.forward(std::slice::from_ref(x)))?;
+        let theirs = session.run(std::slice::from_ref(x))?;
+        Ok((ours, theirs))
+    })
+}
+
+/// Reloads the written TorchScript file with libtorch and compares it with
+/// the trained module on the clean set.
+fn torchscript_parity(
+    path: &Path,
+    model: &TorchScript,
+    inputs: &[Tensor],
+    tolerance: f64,
+) -> std::result::Result<Parity, GateError> {
+    let device = Classifier::device(model);
+    let reloaded = TorchScript::load(path, device, None, None).map_err(Error::from)?;
+    compare_runs("libtorch", inputs, tolerance, |x| {
+        tch::no_grad(|| {
+            let ours = model.forward(x)?;
+            let theirs = reloaded.forward(x)?;
+            Ok((vec![ours], vec![theirs]))
+        })
+    })
+}
