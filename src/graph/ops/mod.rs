@@ -16,6 +16,7 @@ pub mod gradcheck;
 pub mod norm;
 pub mod pool;
 pub mod reduce;
+pub mod resize;
 pub mod shape;
 #[cfg(test)]
 pub mod testing;
@@ -147,6 +148,7 @@ impl Registry {
         norm::register(&mut reg);
         pool::register(&mut reg);
         reduce::register(&mut reg);
+        resize::register(&mut reg);
         shape::register(&mut reg);
         reg
     }
@@ -338,6 +340,50 @@ pub mod util {
             Err(OpError::Unsupported(format!(
                 "axis {axis} is out of range for a tensor of rank {rank}"
             )))
+        }
+    }
+
+    /// `axis` counted from the end when negative; `None` when outside `0..rank`.
+    pub(crate) fn resolve_axis(axis: i64, rank: usize) -> Option<usize> {
+        let rank = rank as i64;
+        let a = if axis < 0 { axis + rank } else { axis };
+        (0..rank).contains(&a).then_some(a as usize)
+    }
+
+    /// Resolves every axis of `axes` against `rank`; duplicates are an error.
+    pub(crate) fn resolve_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, String> {
+        let mut out = Vec::with_capacity(axes.len());
+        for &a in axes {
+            let r = resolve_axis(a, rank)
+                .ok_or_else(|| format!("axis {a} is out of range for rank {rank}"))?;
+            if out.contains(&r) {
+                return Err(format!("axis {a} is repeated"));
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// An int64 index tensor on `device`.
+    pub(crate) fn index_tensor(values: &[i64], device: Device) -> OpResult<Tensor> {
+        Ok(Tensor::f_from_slice(values)?.f_to_device(device)?)
+    }
+
+    pub(crate) fn is_float(kind: Kind) -> bool {
+        matches!(
+            kind,
+            Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
+        )
+    }
+
+    /// Checks that `values` holds no negative dimension.
+    pub(crate) fn check_dims(values: &[i64], index: usize, what: &str) -> OpResult<()> {
+        match values.iter().find(|&&d| d < 0) {
+            Some(d) => Err(input_error(
+                index,
+                format!("negative {what} {d} in {values:?}"),
+            )),
+            None => Ok(()),
         }
     }
 
