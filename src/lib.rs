@@ -16,6 +16,7 @@ pub mod onnx;
 pub mod outputs;
 pub mod parity;
 pub mod sanitize;
+pub mod scan;
 pub mod torchscript;
 pub mod verify;
 

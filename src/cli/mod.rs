@@ -4,6 +4,7 @@
 pub mod eval;
 pub mod inspect;
 pub mod sanitize;
+pub mod scan;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Remove a backdoor with I-BAU and write the cleaned model, checked by
     /// ONNX Runtime before it is written.
     Sanitize(Box<sanitize::Args>),
+    /// Find backdoors without their trigger: per-class smallest triggers,
+    /// a verdict per model, JSON and SARIF for CI.
+    Scan(Box<scan::Args>),
 }
 
 /// Data options shared by the commands.
@@ -109,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(args) => verify::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Sanitize(args) => sanitize::run(*args),
+        Command::Scan(args) => scan::run(*args),
     }
 }
 

@@ -1,0 +1,320 @@
+//! The scan's per-class searches, in image space (`[0, 1]` pixels, before
+//! normalisation and layout), for every class at once:
+//!
+//! - **additive**: `x + delta_c`, the smallest L2 radius `||delta_c||` that
+//!   sends 90% of the clean images to `c` (what I-BAU's targeted search
+//!   measures);
+//! - **mask**: `(1 - m_c) * x + m_c * p_c` (Neural Cleanse's trigger form),
+//!   the smallest L1 size `sum m_c` of a mask that does the same.
+//!
+//! Both adapt a per-class budget the same way: it shrinks by 10% after a step
+//! that fools at least 90% of the step's images and grows by 10% after one
+//! that does not, so it settles near the smallest budget that fools 90%; a
+//! class's value is the mean budget over the last steps. Classes are
+//! processed in chunks of at most `max_batch` perturbed images per forward
+//! pass, so memory follows the batch size, not the number of classes.
+
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::error::Result;
+use crate::ibau::Classifier;
+use crate::model::InputMap;
+
+/// Share of a class's images a perturbation must send to it.
+pub const FOOLING: f64 = 0.9;
+const SHRINK: f64 = 0.9;
+const GROW: f64 = 1.1;
+/// Gradient step, as a fraction of the class's current budget.
+const STEP: f64 = 0.25;
+/// Signed-gradient step of the mask search's pattern, in pixel units.
+const PATTERN_STEP: f64 = 0.05;
+/// Steps at the end of a search whose budgets are averaged.
+const TAIL: usize = 10;
+
+/// Which trigger form a search recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Additive,
+    Mask,
+}
+
+/// What a search found for every class.
+pub struct Found {
+    /// The per-class budget (L2 radius or mask L1 size), by class index.
+    pub budgets: Vec<f64>,
+    /// The perturbed image of every class is `apply(class, x)`: the additive
+    /// `delta` `[classes, C, H, W]`, or the mask `[classes, 1, H, W]` and
+    /// pattern `[classes, C, H, W]`.
+    pub delta: Vec<Tensor>,
+    pub mask: Vec<Tensor>,
+    pub pattern: Vec<Tensor>,
+    /// Classes per chunk (`delta`/`mask`/`pattern` hold one tensor per chunk).
+    pub chunk: i64,
+}
+
+impl Found {
+    /// `x` `[N, C, H, W]` with class `class`'s trigger applied, clamped to
+    /// `[0, 1]`.
+    pub fn apply(&self, family: Family, class: i64, x: &Tensor) -> Result<Tensor> {
+        let (i, j) = (class / self.chunk, class % self.chunk);
+        let i = i as usize;
+        let out = match family {
+            Family::Additive => x.f_add(&self.delta[i].f_narrow(0, j, 1)?)?,
+            Family::Mask => {
+                let m = self.mask[i].f_narrow(0, j, 1)?;
+                let p = self.pattern[i].f_narrow(0, j, 1)?;
+                x.f_mul(&m.f_neg()?.f_add_scalar(1.0)?)?
+                    .f_add(&m.f_mul(&p)?)?
+            }
+        };
+        Ok(out.f_clamp(0.0, 1.0)?)
+    }
+}
+
+/// Settings of one search.
+pub struct SearchSettings {
+    pub steps: usize,
+    /// Images per class per step.
+    pub per_class: i64,
+    /// Perturbed images per forward pass.
+    pub max_batch: i64,
+    pub seed: i64,
+}
+
+/// Runs the `family` search for every class of `model` on `images`
+/// (`[N, C, H, W]` in `[0, 1]`, on the model's device); `progress` is called
+/// after every step with `(step, steps)`.
+pub fn search(
+    model: &dyn Classifier,
+    map: &InputMap,
+    images: &Tensor,
+    classes: i64,
+    family: Family,
+    settings: &SearchSettings,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Found> {
+    let device = images.device();
+    let size = images.size();
+    let (n, sample) = (size[0], &size[1..]);
+    let per_class = settings.per_class.clamp(1, n);
+    let chunk = (settings.max_batch / per_class).clamp(1, classes);
+    let chunks = (classes + chunk - 1) / chunk;
+    let pixels = (sample[1] * sample[2]) as f64;
+    // Budgets start where any class is reachable: the L2 norm of a full
+    // swing of every pixel's value, or a mask over the whole image.
+    let max_budget = match family {
+        Family::Additive => (sample.iter().product::<i64>() as f64).sqrt(),
+        Family::Mask => pixels,
+    };
+    let start_budget = match family {
+        Family::Additive => max_budget,
+        Family::Mask => pixels / 4.0,
+    };
+    tch::manual_seed(settings.seed);
+    let order = Tensor::f_randperm(n, (Kind::Int64, device))?;
+    let mut delta = Vec::new();
+    let mut mask = Vec::new();
+    let mut pattern = Vec::new();
+    for i in 0..chunks {
+        let k = chunk.min(classes - i * chunk);
+        let mut shape = vec![k];
+        shape.extend_from_slice(sample);
+        match family {
+            Family::Additive => {
+                delta.push(Tensor::f_zeros(shape.as_slice(), (Kind::Float, device))?);
+            }
+            Family::Mask => {
+                pattern.push(Tensor::f_rand(shape.as_slice(), (Kind::Float, device))?);
+                let m = start_budget / pixels;
+                mask.push(Tensor::f_full(
+                    [k, 1, sample[1], sample[2]].as_slice(),
+                    m,
+                    (Kind::Float, device),
+                )?);
+            }
+        }
+    }
+    let mut budget = vec![start_budget; classes as usize];
+    let mut history: Vec<Vec<f64>> = Vec::new();
+    let mut next = 0i64;
+    for step in 0..settings.steps {
+        // The step's images: the next `per_class` of a fixed shuffle.
+        let idx = Tensor::f_arange(per_class, (Kind::Int64, device))?
+            .f_add_scalar(next)?
+            .f_remainder(n)?;
+        next = (next + per_class) % n;
+        let x = images.f_index_select(0, &order.f_index_select(0, &idx)?)?;
+        let mapped = map.apply(&x)?;
+        let clean_prediction = tch::no_grad(|| model.logits(&mapped))?.f_argmax(-1, false)?;
+        for i in 0..chunks {
+            let first = i * chunk;
+            let k = chunk.min(classes - first);
+            let ids = Tensor::f_arange_start(first, first + k, (Kind::Int64, device))?;
+            let leaves: Vec<Tensor> = match family {
+                Family::Additive => vec![delta[i as usize].f_detach()?.set_requires_grad(true)],
+                Family::Mask => vec![
+                    mask[i as usize].f_detach()?.set_requires_grad(true),
+                    pattern[i as usize].f_detach()?.set_requires_grad(true),
+                ],
+            };
+            let xs = x.f_unsqueeze(0)?;
+            let perturbed = match family {
+                Family::Additive => xs.f_add(&leaves[0].f_unsqueeze(1)?)?,
+                Family::Mask => {
+                    let m = leaves[0].f_unsqueeze(1)?;
+                    xs.f_mul(&m.f_neg()?.f_add_scalar(1.0)?)?
+                        .f_add(&m.f_mul(&leaves[1].f_unsqueeze(1)?)?)?
+                }
+            };
+            let mut flat = vec![k * per_class];
+            flat.extend_from_slice(sample);
+            let perturbed = perturbed.f_reshape(flat.as_slice())?.f_clamp(0.0, 1.0)?;
+            let logits = model.logits(&map.apply(&perturbed)?)?;
+            let predicted = logits
+                .detach()
+                .f_argmax(-1, false)?
+                .f_view([k, per_class])?;
+            let column = ids.f_view([k, 1])?;
+            let eligible = clean_prediction
+                .f_view([1, per_class])?
+                .f_ne_tensor(&column)?;
+            let fooled = predicted
+                .f_eq_tensor(&column)?
+                .f_logical_and(&eligible)?
+                .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
+                .f_div(
+                    &eligible
+                        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
+                        .f_clamp_min(1.0)?,
+                )?
+                .f_to_device(Device::Cpu)?;
+            let fooled = Vec::<f64>::try_from(&fooled)?;
+            for (j, share) in fooled.iter().enumerate() {
+                let b = &mut budget[(first as usize) + j];
+                *b = (*b * if *share >= FOOLING { SHRINK } else { GROW }).min(max_budget);
+            }
+            let targets = ids.f_repeat_interleave_self_int(per_class, 0, None)?;
+            let log_probs = logits.f_log_softmax(-1, Kind::Float)?;
+            let loss = log_probs.f_nll_loss::<Tensor>(&targets, None, Reduction::Sum, -100)?;
+            let refs: Vec<&Tensor> = leaves.iter().collect();
+            let grads = Tensor::f_run_backward(&[&loss], &refs, false, false)?;
+            let b = Tensor::f_from_slice(&budget[first as usize..(first + k) as usize])?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(device)?;
+            tch::no_grad(|| -> Result<()> {
+                match family {
+                    Family::Additive => {
+                        let shape = [k, 1, 1, 1];
+                        let r = b.f_view(shape)?;
+                        let g = &grads[0];
+                        let step = g
+                            .f_div(&norm(g, 2.0)?.f_clamp_min(1e-12)?)?
+                            .f_mul(&r)?
+                            .f_mul_scalar(STEP)?;
+                        let d = leaves[0].f_sub(&step)?;
+                        let factor = r
+                            .f_div(&norm(&d, 2.0)?.f_clamp_min(1e-12)?)?
+                            .f_clamp_max(1.0)?;
+                        delta[i as usize] = d.f_mul(&factor)?;
+                    }
+                    Family::Mask => {
+                        let r = b.f_view([k, 1, 1, 1])?;
+                        let g = &grads[0];
+                        let step = g
+                            .f_div(&norm(g, 1.0)?.f_clamp_min(1e-12)?)?
+                            .f_mul(&r)?
+                            .f_mul_scalar(STEP)?;
+                        let m = leaves[0].f_sub(&step)?.f_clamp(0.0, 1.0)?;
+                        let factor = r
+                            .f_div(&norm(&m, 1.0)?.f_clamp_min(1e-12)?)?
+                            .f_clamp_max(1.0)?;
+                        mask[i as usize] = m.f_mul(&factor)?;
+                        pattern[i as usize] = leaves[1]
+                            .f_sub(&grads[1].f_sign()?.f_mul_scalar(PATTERN_STEP)?)?
+                            .f_clamp(0.0, 1.0)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        history.push(budget.clone());
+        progress(step + 1, settings.steps);
+    }
+    let tail = &history[history.len().saturating_sub(TAIL)..];
+    let budgets = (0..classes as usize)
+        .map(|c| tail.iter().map(|h| h[c]).sum::<f64>() / tail.len().max(1) as f64)
+        .collect();
+    Ok(Found {
+        budgets,
+        delta,
+        mask,
+        pattern,
+        chunk,
+    })
+}
+
+/// The `p`-norm of each `[i, ...]` slice, shaped `[n, 1, 1, 1]`.
+fn norm(t: &Tensor, p: f64) -> Result<Tensor> {
+    let dims: Vec<i64> = (1..t.dim() as i64).collect();
+    let abs = t.f_abs()?;
+    Ok(if p == 1.0 {
+        abs.f_sum_dim_intlist(dims.as_slice(), true, Kind::Float)?
+    } else {
+        abs.f_square()?
+            .f_sum_dim_intlist(dims.as_slice(), true, Kind::Float)?
+            .f_sqrt()?
+    })
+}
+
+/// The share of `images` not already predicted `class` that `class`'s
+/// trigger sends to it, for every class (chunks of at most `max_batch`).
+pub fn transfer(
+    model: &dyn Classifier,
+    map: &InputMap,
+    images: &Tensor,
+    found: &Found,
+    family: Family,
+    max_batch: i64,
+) -> Result<Vec<f64>> {
+    let classes = found.budgets.len() as i64;
+    let n = images.size()[0];
+    let clean = predict(model, map, images, max_batch)?;
+    let mut shares = Vec::with_capacity(classes as usize);
+    for c in 0..classes {
+        let eligible = clean.f_ne(c)?;
+        let count = eligible.f_sum(Kind::Int64)?.int64_value(&[]);
+        if count == 0 || n == 0 {
+            shares.push(0.0);
+            continue;
+        }
+        let triggered = found.apply(family, c, images)?;
+        let predicted = predict(model, map, &triggered, max_batch)?;
+        let hits = predicted
+            .f_eq(c)?
+            .f_logical_and(&eligible)?
+            .f_sum(Kind::Int64)?
+            .int64_value(&[]);
+        shares.push(hits as f64 / count as f64);
+    }
+    Ok(shares)
+}
+
+/// Predicted classes of `images`, `max_batch` at a time.
+pub fn predict(
+    model: &dyn Classifier,
+    map: &InputMap,
+    images: &Tensor,
+    max_batch: i64,
+) -> Result<Tensor> {
+    let n = images.size()[0];
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = max_batch.min(n - start);
+        let x = map.apply(&images.f_narrow(0, start, len)?)?;
+        let logits = tch::no_grad(|| model.logits(&x))?;
+        parts.push(logits.f_argmax(-1, false)?.f_to_device(images.device())?);
+        start += len;
+    }
+    Ok(Tensor::f_cat(&parts, 0)?)
+}
