@@ -30,6 +30,12 @@ pub enum OutputError {
         #[source]
         source: std::io::Error,
     },
+    #[error("writing `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The files a command reads: outputs may be none of them.
@@ -268,6 +274,52 @@ fn probe_writable(path: &Path) -> Result<(), OutputError> {
         })
 }
 
+/// Writes `bytes` to `path` so that readers never see a partly written
+/// file: into a new temporary file beside it, made with `O_EXCL` (a file or
+/// link planted at that name is never written through), then renamed over
+/// `path` (a link at `path` is replaced, never followed).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
+    use std::io::Write;
+    let fail = |source| OutputError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (tmp, mut file) = create_temporary(path).map_err(fail)?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    Ok(())
+}
+
+/// A new file at [`crate::onnx::temporary_path`] of `path`, or at that name
+/// with a counter when something is already there.
+fn create_temporary(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let base = crate::onnx::temporary_path(path);
+    let mut taken = None;
+    for k in 0..16 {
+        let mut name = base.clone().into_os_string();
+        if k > 0 {
+            name.push(format!(".{k}"));
+        }
+        let tmp = PathBuf::from(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => taken = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(taken.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
 /// Removes `.ibau-staging-PID` folders in `folder` whose process is gone
 /// (a run killed with SIGKILL leaves its folder behind). Only where /proc
 /// tells which processes are alive.
@@ -355,5 +407,33 @@ mod tests {
         let plan = OutputPlan::new(&Inputs::default(), &dir.path().join("out.onnx"), None).unwrap();
         assert!(!stale.exists());
         drop(plan);
+    }
+
+    #[test]
+    fn atomic_writes_replace_links_and_never_follow_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, b"keep").unwrap();
+        let out = dir.path().join("out.png");
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        write_atomic(&out, b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&out)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+
+        // A link planted at the temporary name is not written through.
+        let planted = crate::onnx::temporary_path(&out);
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic(&out, b"newer").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&out).unwrap(), b"newer");
+        assert!(std::fs::symlink_metadata(&planted).is_ok());
+
+        // A folder that is not there fails with the path named.
+        let e = write_atomic(&dir.path().join("no/such/out.png"), b"x").unwrap_err();
+        assert!(e.to_string().contains("no/such/out.png"), "{e}");
     }
 }

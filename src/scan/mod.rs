@@ -7,6 +7,7 @@
 //! backdoor's target is reachable with a trigger much smaller than the other
 //! classes need. See [`rule`] for the verdict.
 
+pub mod pictures;
 pub mod report;
 pub mod search;
 
