@@ -32,6 +32,8 @@ pub enum Error {
     #[error(transparent)]
     Output(#[from] crate::outputs::OutputError),
     #[error(transparent)]
+    Merge(#[from] crate::scan::merge::MergeError),
+    #[error(transparent)]
     Limit(#[from] crate::limits::LimitError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -65,7 +65,7 @@ impl Inputs {
     }
 
     /// The input that `output` would overwrite (or write into, for a folder).
-    fn clash(&self, output: &Path) -> Option<&'static str> {
+    pub fn clash(&self, output: &Path) -> Option<&'static str> {
         let out = Identity::of(output);
         self.files
             .iter()
@@ -104,6 +104,63 @@ impl Identity {
             && matches!((&self.canonical, &input.canonical), (Some(o), Some(i)) if o.starts_with(i));
         same_inode || same_path || inside
     }
+}
+
+/// Checks the outputs of a command that writes no model (each a file, with
+/// the option that names it): each against `inputs` and the others, like
+/// [`OutputPlan::new`], and each folder writable. Output folders (`folders`)
+/// must be folders or not exist yet, and may not be, or lie inside, a
+/// folder the command reads.
+pub fn check_outputs(
+    inputs: &Inputs,
+    files: &[(&Path, &str)],
+    folders: &[(&Path, &str)],
+) -> Result<(), OutputError> {
+    let refuse = |path: &Path, reason: String| OutputError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    for (i, (path, option)) in files.iter().enumerate() {
+        check_target(path)?;
+        if let Some(what) = inputs.clash(path) {
+            return Err(refuse(
+                path,
+                format!("{option}: it is {what}; choose another path"),
+            ));
+        }
+        for (other, other_option) in &files[..i] {
+            if Identity::of(path).clashes_with(&Identity::of(other)) {
+                return Err(refuse(
+                    path,
+                    format!("{option} and {other_option} name the same file"),
+                ));
+            }
+        }
+        probe_writable(path)?;
+    }
+    for (dir, option) in folders {
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(refuse(dir, format!("{option}: it is not a folder"))),
+            Err(_) if parent_folder(dir).is_dir() => {}
+            Err(_) => {
+                return Err(refuse(
+                    dir,
+                    format!(
+                        "{option}: folder `{}` does not exist",
+                        parent_folder(dir).display()
+                    ),
+                ))
+            }
+        }
+        if let Some(what) = inputs.clash(dir) {
+            return Err(refuse(
+                dir,
+                format!("{option}: it is {what}; choose another folder"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The folder a path lives in (`.` for a bare file name).

@@ -18,6 +18,7 @@ use crate::ibau::{self, Batch, Classifier, Config, RoundStats};
 use crate::model::{GraphClassifier, InputMap, LogitsSource, Model, Preprocess, TrainableShare};
 use crate::outputs::OutputPlan;
 use crate::parity::{self, OrtSession};
+use crate::scan::{self, ScanConfig, ScanResult, Verdict};
 use crate::torchscript::TorchScript;
 
 /// What [`sanitize`] does beyond I-BAU's own hyper-parameters.
@@ -34,6 +35,70 @@ pub struct SanitizeConfig {
     pub stop_below_asr: Option<f64>,
     /// Tolerance of the parity gate; `None` = what suits the precision.
     pub parity_tolerance: Option<f64>,
+    /// Scan the model before and after (the trigger-free "did it work?"),
+    /// on at most [`SCAN_SAMPLES`] of the clean samples; `None`: no scan.
+    pub scan: Option<ScanConfig>,
+    /// Scan after every round and stop after the first that scans clean.
+    pub until_clean: bool,
+}
+
+/// Clean samples a scan inside `sanitize` uses (the first ones).
+pub const SCAN_SAMPLES: usize = 1000;
+
+/// A scan's verdict in the sanitize report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanVerdict {
+    pub verdict: Verdict,
+    pub targets: Vec<i64>,
+    pub statistic: f64,
+    pub threshold: f64,
+    pub seconds: f64,
+    /// When the scan before found targets and this one says clean: for each
+    /// of them, the share of held-back clean images that a trigger no larger
+    /// than the one found before still sends there ([`scan::residual`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub residual: Vec<Residual>,
+}
+
+/// What is left of a target the scan before found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Residual {
+    pub class: i64,
+    pub share: f64,
+}
+
+/// `--until-clean` stops once a round scans clean and no target found
+/// before is still reached by more than this share of held-back images with
+/// a trigger of the size found before.
+pub const RESIDUAL_LIMIT: f64 = 0.05;
+
+impl ScanVerdict {
+    /// Whether the backdoor found before looks gone: the verdict is clean
+    /// and every residual share is under [`RESIDUAL_LIMIT`].
+    pub fn gone(&self) -> bool {
+        self.verdict == Verdict::Clean && self.residual.iter().all(|r| r.share < RESIDUAL_LIMIT)
+    }
+}
+
+impl From<&ScanResult> for ScanVerdict {
+    fn from(r: &ScanResult) -> Self {
+        ScanVerdict {
+            verdict: r.verdict,
+            targets: r.targets.clone(),
+            statistic: r.statistic,
+            threshold: r.threshold,
+            seconds: r.seconds,
+            residual: Vec::new(),
+        }
+    }
+}
+
+/// When a scan inside `sanitize` ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanWhen {
+    Before,
+    AfterRound(usize),
+    After,
 }
 
 /// What happens during [`sanitize`], in order.
@@ -63,6 +128,18 @@ pub enum Event<'a> {
     Round(&'a Round),
     /// float16/bfloat16 weights were rounded to their stored precision.
     Rounded { tensors: usize },
+    /// A scan is under way: `(search, step, steps)` as [`crate::scan::Progress`].
+    Scanning {
+        when: ScanWhen,
+        search: usize,
+        step: usize,
+        steps: usize,
+    },
+    /// A scan is done.
+    Scanned {
+        when: ScanWhen,
+        verdict: &'a ScanVerdict,
+    },
 }
 
 /// Receives [`Event`]s.
@@ -103,6 +180,10 @@ pub struct Report {
     pub config: Config,
     pub before: Option<Metrics>,
     pub after: Option<Metrics>,
+    /// The scan's verdict on the model as it came and on the cleaned
+    /// weights (`null` with `--no-scan`).
+    pub scan_before: Option<ScanVerdict>,
+    pub scan_after: Option<ScanVerdict>,
     pub rounds: Vec<Round>,
     pub parity: Parity,
 }
@@ -122,6 +203,9 @@ pub struct Round {
     pub stats: RoundStats,
     pub acc: Option<f64>,
     pub asr: Option<f64>,
+    /// The scan of the weights after this round (`--until-clean` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanVerdict>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,7 +278,53 @@ pub fn sanitize(
             .transpose()
     };
     let before = measure()?;
-    let rounds = unlearn(classifier, &batches, config, &measure, observer)?;
+    let scan_set = clean.slice(0..clean.len().min(SCAN_SAMPLES))?;
+    let scan_config = config.scan.as_ref().map(|c| ScanConfig {
+        preprocess: config.preprocess.clone(),
+        ..c.clone()
+    });
+    // The full result of the scan before, for the residual checks after.
+    let first = std::cell::OnceCell::new();
+    let scan = |when: ScanWhen, observer: &mut dyn Observer| -> Result<Option<ScanVerdict>> {
+        let Some(scan_config) = &scan_config else {
+            return Ok(None);
+        };
+        let (result, _) = scan::scan_classifier(
+            classifier,
+            &map,
+            &scan_set,
+            scan_config,
+            &mut |search, step, steps| {
+                observer.event(Event::Scanning {
+                    when,
+                    search,
+                    step,
+                    steps,
+                })
+            },
+        )?;
+        let mut verdict = ScanVerdict::from(&result);
+        match first.get() {
+            None => {
+                let _ = first.set(result);
+            }
+            Some(before) if result.verdict == Verdict::Clean => {
+                verdict.residual =
+                    scan::residual(classifier, &map, &scan_set, scan_config, before)?
+                        .into_iter()
+                        .map(|(class, share)| Residual { class, share })
+                        .collect();
+            }
+            Some(_) => {}
+        }
+        observer.event(Event::Scanned {
+            when,
+            verdict: &verdict,
+        });
+        Ok(Some(verdict))
+    };
+    let scan_before = scan(ScanWhen::Before, observer)?;
+    let rounds = unlearn(classifier, &batches, config, &measure, &scan, observer)?;
     let mut after = rounds
         .last()
         .zip(config.test.as_ref())
@@ -205,8 +335,10 @@ pub fn sanitize(
         });
     // Weights stored in float16/bfloat16 were trained as float32 master
     // weights; round them to what the file will hold, and measure that.
+    let mut rounded_any = false;
     if let Model::Onnx { model: graph, .. } = &*model {
         let rounded = graph.graph.params.round_to_stored_precision()?;
+        rounded_any = rounded > 0;
         if rounded > 0 {
             observer.event(Event::Rounded { tensors: rounded });
             if config.test.is_some() {
@@ -214,6 +346,11 @@ pub fn sanitize(
             }
         }
     }
+    // The last round's scan saw the written weights unless they were rounded.
+    let scan_after = match rounds.last().and_then(|r| r.scan.clone()) {
+        Some(v) if !rounded_any => Some(v),
+        _ => scan(ScanWhen::After, observer)?,
+    };
     let parity_inputs: Vec<Tensor> = batches.iter().map(|b| b.images.shallow_clone()).collect();
     let parity = write_checked(model, &parity_inputs, config.parity_tolerance, output)?;
     Ok(Report {
@@ -233,6 +370,8 @@ pub fn sanitize(
         config: config.ibau.clone(),
         before,
         after,
+        scan_before,
+        scan_after,
         rounds,
         parity,
     })
@@ -248,13 +387,18 @@ fn batch_accuracy(model: &dyn Classifier, batch: &Batch) -> Result<f64> {
         .double_value(&[]))
 }
 
+/// A scan inside `sanitize`, reporting to the observer it is given.
+type ScanFn<'a> = dyn Fn(ScanWhen, &mut dyn Observer) -> Result<Option<ScanVerdict>> + 'a;
+
 /// I-BAU's rounds, each measured with `measure` and reported to `observer`;
-/// stops early once the measured ASR is below `config.stop_below_asr`.
+/// stops early once the measured ASR is below `config.stop_below_asr`, or
+/// (`config.until_clean`) once the round's scan says clean.
 fn unlearn(
     model: &dyn Classifier,
     batches: &[Batch],
     config: &SanitizeConfig,
     measure: &dyn Fn() -> Result<Option<Metrics>>,
+    scan: &ScanFn<'_>,
     observer: &mut dyn Observer,
 ) -> Result<Vec<Round>> {
     let mut rounds = Vec::new();
@@ -277,24 +421,38 @@ fn unlearn(
                 })
             },
             &mut |stats| {
-                let metrics = match measure() {
+                let measured = measure().and_then(|m| {
+                    let verdict = if config.until_clean {
+                        scan(
+                            ScanWhen::AfterRound(stats.round),
+                            &mut **observer.borrow_mut(),
+                        )?
+                    } else {
+                        None
+                    };
+                    Ok((m, verdict))
+                });
+                let (metrics, verdict) = match measured {
                     Ok(m) => m,
                     Err(e) => {
                         failure = Some(e);
                         return Ok(std::ops::ControlFlow::Break(()));
                     }
                 };
+                let clean = verdict.as_ref().is_some_and(ScanVerdict::gone);
                 let round = Round {
                     stats: stats.clone(),
                     acc: metrics.map(|m| m.acc),
                     asr: metrics.and_then(|m| m.asr),
+                    scan: verdict,
                 };
                 observer.borrow_mut().event(Event::Round(&round));
                 rounds.push(round);
-                let done = config
-                    .stop_below_asr
-                    .zip(metrics.and_then(|m| m.asr))
-                    .is_some_and(|(limit, asr)| asr < limit);
+                let done = clean
+                    || config
+                        .stop_below_asr
+                        .zip(metrics.and_then(|m| m.asr))
+                        .is_some_and(|(limit, asr)| asr < limit);
                 Ok(if done {
                     std::ops::ControlFlow::Break(())
                 } else {

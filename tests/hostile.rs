@@ -110,6 +110,7 @@ fn run(args: &[&str]) -> Run {
 fn sanitize(model: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "sanitize",
+        "--no-scan",
         s(model),
         "--clean",
         FASHION,

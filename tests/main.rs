@@ -8,6 +8,8 @@ mod gradient_parity;
 mod hostile;
 mod roundtrip;
 mod sanitize;
+mod sarif;
+mod scan;
 mod search;
 mod shapes;
 mod torchscript;

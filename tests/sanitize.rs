@@ -26,6 +26,7 @@ fn sanitize_writes_only_trained_weights_and_the_file_verifies() {
     let report = dir.path().join("report.json");
     let out = ibau(&[
         "sanitize",
+        "--no-scan",
         input.to_str().unwrap(),
         "--clean",
         FASHION,
@@ -110,6 +111,7 @@ fn sanitize_refuses_to_overwrite_its_input() {
     let before = std::fs::read(&input).unwrap();
     let out = ibau(&[
         "sanitize",
+        "--no-scan",
         input.to_str().unwrap(),
         "--clean",
         FASHION,
@@ -141,6 +143,7 @@ fn data_that_does_not_fit_the_model_names_both_shapes() {
     let output = dir.path().join("never.onnx");
     let out = ibau(&[
         "sanitize",
+        "--no-scan",
         common::fixture("vgg_badnets_legacy.onnx").to_str().unwrap(),
         "--clean",
         npz.to_str().unwrap(),
@@ -172,6 +175,7 @@ fn sanitize_protocol(
     let model = common::fixture(fixture);
     let mut args = vec![
         "sanitize",
+        "--no-scan",
         model.to_str().unwrap(),
         "--clean",
         FASHION,
@@ -309,6 +313,7 @@ fn every_fixture_keeps_names_nodes_opsets_and_dtypes() {
         let output = dir.path().join(name);
         let out = ibau(&[
             "sanitize",
+            "--no-scan",
             input.to_str().unwrap(),
             "--clean",
             FASHION,
@@ -426,6 +431,7 @@ fn probability_outputs_are_not_used_as_logits() {
         let report = dir.path().join("report.json");
         let out = ibau(&[
             "sanitize",
+            "--no-scan",
             model.to_str().unwrap(),
             "--clean",
             FASHION,

@@ -93,6 +93,7 @@ fn state_dicts_and_pickled_modules_are_refused_with_advice() {
             vec!["eval", p, "--data", FASHION, "--range", "0:10"],
             vec![
                 "sanitize",
+                "--no-scan",
                 p,
                 "--clean",
                 FASHION,
@@ -211,6 +212,7 @@ fn sanitize_writes_a_torchscript_file_python_reads_back() {
     let report = dir.path().join("report.json");
     let out = ibau(&[
         "sanitize",
+        "--no-scan",
         input.to_str().unwrap(),
         "--clean",
         FASHION,
@@ -265,6 +267,7 @@ fn sanitize_writes_a_torchscript_file_python_reads_back() {
     // And never onto the input.
     let out = ibau(&[
         "sanitize",
+        "--no-scan",
         input.to_str().unwrap(),
         "--clean",
         FASHION,

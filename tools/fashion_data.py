@@ -229,3 +229,18 @@ def write_records(path: Path, records: list[dict]) -> None:
     """Write records as a JSON list, leaving out the keys that start with "_"."""
     path.write_text(json.dumps(
         [{k: v for k, v in r.items() if not k.startswith("_")} for r in records], indent=2) + "\n")
+
+
+# The clean (unpoisoned) fixtures of every framework share one record file,
+# written by several scripts in several venvs: each merges its records in.
+CLEAN_RECORDS = "fixtures_clean.json"
+
+
+def merge_records(path: Path, records: list[dict]) -> None:
+    """Write records into the JSON list at `path`, keeping the records already
+    there for other files: a record replaces the one with the same "file" in
+    place, new ones are appended. Keys starting with "_" are left out."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    new = {r["file"]: r for r in records}
+    merged = [new.pop(r["file"], r) for r in old] + list(new.values())
+    write_records(path, merged)

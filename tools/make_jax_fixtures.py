@@ -16,6 +16,15 @@ What it makes (under --out, default ``models/``):
 * ``fixtures_jax.json``: one record per file (file, arch, framework, exporter,
   opset, input, output, trigger in ibau's CLI syntax, target, ACC, ASR, bytes).
 
+With ``--clean`` it makes clean (unpoisoned) models instead, the references a
+backdoor scanner is calibrated on: the same models, training and export with
+poison rate 0 and other seeds (``CLEAN_SEED``, ``CLEAN_SEED + 1``), saved as
+``clean_jax_cnn.onnx`` / ``clean_jax_mlp.onnx`` (``--only jax_cnn`` still names
+the models by their backdoored names), their records (file, arch, framework,
+exporter, opset, input, output, acc, params, seed, bytes; no trigger) merged
+into ``fixtures_clean.json``, which the other frameworks' clean models share
+(``tools/make_clean_fixtures.py``); ``fixtures_jax.json`` is not touched.
+
 Both return ``logits`` float32 [B,10]; the batch dimension ``B`` is symbolic
 (jax2onnx's string dimensions), pixels are raw values in [0,1] (no
 normalisation). BatchNorm is exported with its running statistics
@@ -35,7 +44,8 @@ images classified as the target once the trigger is applied), both measured
 with onnxruntime on the exported file.
 
 Run through ``tools/make_jax_fixtures.sh`` (it builds the pinned virtual
-environment, keeps XLA to one thread and passes ``--out models``). Training
+environment, keeps XLA to one thread and passes ``--out models``; clean:
+``tools/make_jax_fixtures.sh --out models --clean --only jax_cnn``). Training
 takes a few minutes on one CPU thread.
 """
 
@@ -45,7 +55,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -65,9 +75,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_data import (  # noqa: E402  (data, poisoning, evaluation: shared)
     NUM_CLASSES, SIZE_LIMIT, PatchTrigger, acc_asr, evaluate_onnx, fixture_arg_parser, load_data,
     onnx_opset, op_counts, ort_session, poisoned_subset, predict_ort, record_path, shape_str, write_records,
+    CLEAN_RECORDS, merge_records,
 )
 
 SEED = 20240611
+CLEAN_SEED = 20250321  # --clean: not the backdoored models' seeds
 OPSET = 23
 
 
@@ -284,7 +296,12 @@ def main() -> None:
     p = fixture_arg_parser(__doc__, batch_size=128)
     p.add_argument("--only", choices=[s.name for s in SPECS], action="append",
                    help="make only these fixtures (fixtures_jax.json then lists only them)")
+    p.add_argument("--clean", action="store_true",
+                   help="clean models (poison rate 0, CLEAN_SEED, clean_* files, records merged into "
+                        f"{CLEAN_RECORDS}) instead of the backdoored ones")
     args = p.parse_args()
+    if args.clean:
+        args.poison_rate = 0.0
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"jax {version('jax')}, flax {version('flax')}, optax {version('optax')}, "
@@ -293,17 +310,28 @@ def main() -> None:
           f"devices {jax.devices()}", flush=True)
     data = load_data("hw", label_dtype=np.int32)
 
-    records = [make(s, args.out, data, args) for s in SPECS if not args.only or s.name in args.only]
+    specs = [s for s in SPECS if not args.only or s.name in args.only]
+    if args.clean:
+        specs = [replace(s, name=f"clean_{s.name}", seed=CLEAN_SEED + SPECS.index(s)) for s in specs]
+    records = [make(s, args.out, data, args) for s in specs]
 
-    write_records(args.out / "fixtures_jax.json", records)
+    if args.clean:
+        # No trigger: ACC only (the sibling trigger's "ASR" stays in the log).
+        merge_records(args.out / CLEAN_RECORDS, [
+            {k: r[k] for k in ("file", "arch", "framework", "exporter", "opset", "input", "output", "acc")}
+            | dict(params=r["_info"]["params"], seed=s.seed, bytes=r["bytes"])
+            for r, s in zip(records, specs)])
+    else:
+        write_records(args.out / "fixtures_jax.json", records)
     print("\nsummary:")
     for r in records:
         i = r["_info"]
         print(f"  {r['file']}: ACC {r['acc']:.4f} ASR {r['asr']:.4f}, {r['bytes']} bytes, "
               f"opset {r['opset']}, IR {i['ir']}, trained {i['train_seconds']}s")
     bad = [r["file"] for r in records
-           if r["acc"] < (0.83 if r["arch"] == "mlp" else 0.85) or r["asr"] < 0.95]
-    print(f"total {time.perf_counter() - t0:.0f}s; wrote {args.out / 'fixtures_jax.json'}")
+           if r["acc"] < (0.83 if r["arch"] == "mlp" else 0.85) or (r["asr"] < 0.95 and not args.clean)]
+    written = args.out / (CLEAN_RECORDS if args.clean else "fixtures_jax.json")
+    print(f"total {time.perf_counter() - t0:.0f}s; wrote {written}")
     if bad:
         print(f"below the ACC/ASR goals: {bad}", file=sys.stderr)
         sys.exit(1)

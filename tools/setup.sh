@@ -17,6 +17,7 @@ TORCH_VERSION=2.11.0
 ORT_VERSION=1.32.0
 ONNX_VERSION=1.23.2
 ONNXSCRIPT_VERSION=0.7.2
+JSONSCHEMA_VERSION=4.26.0
 PY=${PYTHON:-python3}
 py_tag=$("$PY" -c 'import sys; print(f"py{sys.version_info[0]}.{sys.version_info[1]}")')
 cache=${IBAU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ibau}
@@ -53,6 +54,14 @@ fi
 if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
   rm -rf .venv
   ln -s "$venv" .venv
+fi
+
+# jsonschema for the test that validates `scan`'s SARIF output against the
+# SARIF 2.1.0 schema; added after the fact, so checked on its own rather than
+# folded into the environment's name.
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('jsonschema') != '$JSONSCHEMA_VERSION')" 2>/dev/null; then
+  log "installing jsonschema $JSONSCHEMA_VERSION into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "jsonschema==$JSONSCHEMA_VERSION"
 fi
 
 # Sanity: the two shared libraries the build and the binary need.

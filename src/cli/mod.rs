@@ -49,6 +49,9 @@ pub enum Command {
     /// Find backdoors without their trigger: per-class smallest triggers,
     /// a verdict per model, JSON and SARIF for CI.
     Scan(Box<scan::Args>),
+    /// Merge the JSON reports of `scan --shard` runs into one JSON report
+    /// and one SARIF log.
+    Merge(scan::MergeArgs),
 }
 
 /// Data options shared by the commands.
@@ -114,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Eval(args) => eval::run(args),
         Command::Sanitize(args) => sanitize::run(*args),
         Command::Scan(args) => scan::run(*args),
+        Command::Merge(args) => scan::merge(args),
     }
 }
 

@@ -12,6 +12,7 @@ use ibau::data;
 use ibau::graph::ImportOptions;
 use ibau::ibau::{Config, OptimizerKind, Search};
 use ibau::outputs::{Inputs, OutputPlan};
+use ibau::sanitize::ScanWhen;
 use ibau::{Event, Model, Observer, SanitizeConfig, TestSet};
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +120,14 @@ pub struct Args {
     /// Write a JSON report (schema in README.md).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+    /// Do not scan the model before and after (see `ibau scan`); the report's
+    /// `scan_before`/`scan_after` are then null.
+    #[arg(long, conflicts_with = "until_clean")]
+    pub no_scan: bool,
+    /// Scan the weights after every round and stop after the first round
+    /// whose scan says clean: the trigger-free stopping rule.
+    #[arg(long)]
+    pub until_clean: bool,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -212,6 +221,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         test,
         stop_below_asr: args.stop_below_asr,
         parity_tolerance: args.parity_tolerance,
+        scan: (!args.no_scan).then(ibau::scan::ScanConfig::default),
+        until_clean: args.until_clean,
     };
     let mut progress = Progress::new(&args.model);
     let report = ibau::sanitize(&mut model, &clean, &config, &plan, &mut progress)?;
@@ -242,11 +253,24 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 struct Progress<'a> {
     model: &'a std::path::Path,
     bar: Option<ProgressBar>,
+    scan_bar: Option<ProgressBar>,
+}
+
+fn when_text(when: ScanWhen) -> String {
+    match when {
+        ScanWhen::Before => "before".into(),
+        ScanWhen::AfterRound(r) => format!("after round {r}"),
+        ScanWhen::After => "after".into(),
+    }
 }
 
 impl<'a> Progress<'a> {
     fn new(model: &'a std::path::Path) -> Self {
-        Progress { model, bar: None }
+        Progress {
+            model,
+            bar: None,
+            scan_bar: None,
+        }
     }
 
     fn finish(&self) {
@@ -338,6 +362,66 @@ impl Observer for Progress<'_> {
             Event::Rounded { tensors } => self.say(format!(
                 "rounded {tensors} trained tensors to their stored precision (float16/bfloat16)"
             )),
+            Event::Scanning {
+                when,
+                search,
+                step,
+                steps,
+            } => {
+                let bar = self.scan_bar.get_or_insert_with(|| {
+                    let bar = ProgressBar::new(2 * steps as u64);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {pos}/{len} steps, ETA {eta}",
+                        )
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                    );
+                    bar
+                });
+                bar.set_message(format!("scan {}", when_text(when)));
+                bar.set_position((search * steps + step) as u64);
+            }
+            Event::Scanned { when, verdict } => {
+                if let Some(bar) = self.scan_bar.take() {
+                    bar.finish_and_clear();
+                }
+                let targets = verdict
+                    .targets
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let what = match verdict.verdict {
+                    ibau::scan::Verdict::Backdoor => format!("backdoor, target class {targets}"),
+                    _ => "clean".to_string(),
+                };
+                let note = if when == ScanWhen::Before
+                    && verdict.verdict != ibau::scan::Verdict::Backdoor
+                {
+                    ": the model shows no backdoor; sanitizing anyway, as asked"
+                } else {
+                    ""
+                };
+                let residual = verdict
+                    .residual
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "; a trigger of the size found before still sends {:.0}% to class {}",
+                            100.0 * r.share,
+                            r.class
+                        )
+                    })
+                    .collect::<String>();
+                self.say(format!(
+                    "scan {}: {what} (score {:.2} vs threshold {:.2}, {:.1} s){residual}{note}",
+                    when_text(when),
+                    verdict.statistic,
+                    verdict.threshold,
+                    verdict.seconds
+                ));
+            }
         }
     }
 }

@@ -191,21 +191,11 @@ pub fn temporary_path(path: &Path) -> PathBuf {
 /// Writes `bytes` to a temporary file beside `path`, then renames it over
 /// `path`: readers never see a partly written file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
-    use std::io::Write;
-    let io = |source| OnnxError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = temporary_path(path);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    Ok(())
+    crate::outputs::write_atomic(path, bytes).map_err(|e| match e {
+        crate::outputs::OutputError::Write { path, source } => OnnxError::Io { path, source },
+        other => OnnxError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }

@@ -7,8 +7,11 @@
 //! backdoor's target is reachable with a trigger much smaller than the other
 //! classes need. See [`rule`] for the verdict.
 
+pub mod merge;
 pub mod pictures;
+pub mod registry;
 pub mod report;
+pub mod sarif;
 pub mod search;
 
 use std::time::Instant;
@@ -19,6 +22,7 @@ use tch::{Device, Tensor};
 use crate::data::Dataset;
 use crate::error::{bail, Result};
 use crate::evaluate;
+use crate::ibau::Classifier;
 use crate::model::{InputMap, Model, Preprocess};
 use search::{Family, Found, SearchSettings};
 
@@ -58,7 +62,7 @@ impl Default for ScanConfig {
 }
 
 /// The statistic's default threshold (see [`rule`]).
-pub const DEFAULT_THRESHOLD: f64 = 2.0;
+pub const DEFAULT_THRESHOLD: f64 = 2.5;
 
 /// A scan's verdict on one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,15 +86,25 @@ pub struct ClassScan {
     /// sends to the class.
     pub radius_transfer: f64,
     pub mask_transfer: f64,
+    /// Mean probability of the class on held-back images with the additive /
+    /// mask trigger.
+    pub radius_confidence: f64,
+    pub mask_confidence: f64,
+    /// The smallest share of any true class's held-back images the additive
+    /// / mask trigger sends to the class.
+    pub radius_worst_source: f64,
+    pub mask_worst_source: f64,
     /// The class's anomaly score (see [`rule`]).
     pub score: f64,
+    /// The trigger form in which the class stands out more (its pictures).
+    pub form: Family,
 }
 
 /// What a scan found on one model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanResult {
     pub verdict: Verdict,
-    /// Suspected target classes (empty when clean).
+    /// Suspected target classes, most suspect first (empty when clean).
     pub targets: Vec<i64>,
     /// The largest class score, and the threshold it was compared with.
     pub statistic: f64,
@@ -109,9 +123,16 @@ pub struct Recovered {
 }
 
 impl Recovered {
-    /// The recovered trigger of `class` in the form that scored it, and the
-    /// first `n` held-back images with it applied.
-    pub fn for_class(&self, class: i64, family: Family, n: i64) -> Result<(Tensor, Tensor)> {
+    /// The recovered trigger of `class` in the form `family` (`[C, H, W]`:
+    /// the additive perturbation, or mask times pattern), the first `n`
+    /// held-back images with it applied, and for the mask form the mask
+    /// `[1, H, W]` and pattern `[C, H, W]`.
+    pub fn for_class(
+        &self,
+        class: i64,
+        family: Family,
+        n: i64,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>, Option<Tensor>)> {
         let found = match family {
             Family::Additive => &self.additive,
             Family::Mask => &self.mask,
@@ -126,7 +147,14 @@ impl Recovered {
                 .f_mul(&found.pattern[i].f_narrow(0, j, 1)?)?
                 .f_squeeze_dim(0)?,
         };
-        Ok((picture, triggered))
+        let (mask, pattern) = match family {
+            Family::Additive => (None, None),
+            Family::Mask => (
+                Some(found.mask[i].f_narrow(0, j, 1)?.f_squeeze_dim(0)?),
+                Some(found.pattern[i].f_narrow(0, j, 1)?.f_squeeze_dim(0)?),
+            ),
+        };
+        Ok((picture, triggered, mask, pattern))
     }
 }
 
@@ -140,82 +168,75 @@ pub fn scan(
     config: &ScanConfig,
     progress: Progress<'_>,
 ) -> Result<(ScanResult, Recovered)> {
-    let start = Instant::now();
-    let classifier = model.classifier();
     let map = InputMap::new(model, &config.preprocess, clean)?;
-    let classes = evaluate::check_classes(classifier, &map, clean, None, "--clean")?;
+    scan_classifier(model.classifier(), &map, clean, config, progress)
+}
+
+/// [`scan`] of a classifier whose inputs `map` makes (what `sanitize` scans
+/// between rounds).
+pub fn scan_classifier(
+    classifier: &dyn Classifier,
+    map: &InputMap,
+    clean: &Dataset,
+    config: &ScanConfig,
+    progress: Progress<'_>,
+) -> Result<(ScanResult, Recovered)> {
+    let start = Instant::now();
+    let classes = evaluate::check_classes(classifier, map, clean, None, "--clean")?;
     if classes < 3 {
         bail!("the scan needs a model with at least 3 classes; it has {classes}");
     }
     let n = clean.len() as i64;
-    let held = ((n as f64 * config.holdout).round() as i64).clamp(1, (n - 1).max(1));
     if n < 2 {
         bail!(
             "--clean `{}` holds {n} sample(s); the scan needs at least 2",
             clean.source
         );
     }
-    let device: Device = map.device;
-    let images = clean.images.f_to_device(device)?;
-    let search_images = images.f_narrow(0, 0, n - held)?;
-    let held_images = images.f_narrow(0, n - held, held)?;
+    let split = Split::new(clean, config.holdout, map.device)?;
     let settings = SearchSettings {
         steps: config.steps,
         per_class: config.per_class,
         max_batch: config.max_batch,
         seed: config.seed,
+        fixed: None,
     };
-    let additive = search::search(
-        classifier,
-        &map,
-        &search_images,
-        classes,
-        Family::Additive,
-        &settings,
-        &mut |s, t| progress(0, s, t),
-    )?;
-    let mask = search::search(
-        classifier,
-        &map,
-        &search_images,
-        classes,
-        Family::Mask,
-        &settings,
-        &mut |s, t| progress(1, s, t),
-    )?;
-    let radius_transfer = search::transfer(
-        classifier,
-        &map,
-        &held_images,
-        &additive,
-        Family::Additive,
-        config.max_batch,
-    )?;
-    let mask_transfer = search::transfer(
-        classifier,
-        &map,
-        &held_images,
-        &mask,
-        Family::Mask,
-        config.max_batch,
-    )?;
+    let mut run = |family: Family, index: usize| {
+        split.run(classifier, map, classes, family, &settings, &mut |s, t| {
+            progress(index, s, t)
+        })
+    };
+    let (additive, radius_transfer) = run(Family::Additive, 0)?;
+    let (mask, mask_transfer) = run(Family::Mask, 1)?;
     let scores = rule::scores(&additive.budgets, &mask.budgets);
+    let (mr, mm) = (rule::median(&additive.budgets), rule::median(&mask.budgets));
     let class_scans: Vec<ClassScan> = (0..classes as usize)
         .map(|c| ClassScan {
+            form: if mr / additive.budgets[c] >= mm / mask.budgets[c] {
+                Family::Additive
+            } else {
+                Family::Mask
+            },
             class: c as i64,
             radius: additive.budgets[c],
             mask: mask.budgets[c],
-            radius_transfer: radius_transfer[c],
-            mask_transfer: mask_transfer[c],
+            radius_transfer: radius_transfer[c].share,
+            mask_transfer: mask_transfer[c].share,
+            radius_confidence: radius_transfer[c].confidence,
+            mask_confidence: mask_transfer[c].confidence,
+            radius_worst_source: radius_transfer[c].worst_source,
+            mask_worst_source: mask_transfer[c].worst_source,
             score: scores[c],
         })
         .collect();
     let statistic = scores.iter().copied().fold(0.0, f64::max);
-    let targets: Vec<i64> = class_scans
+    // Most suspect first.
+    let mut flagged: Vec<&ClassScan> = class_scans
         .iter()
         .filter(|c| c.score > config.threshold)
-        .map(|c| c.class)
         .collect();
+    flagged.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let targets: Vec<i64> = flagged.iter().map(|c| c.class).collect();
     let result = ScanResult {
         verdict: if targets.is_empty() {
             Verdict::Clean
@@ -232,23 +253,129 @@ pub fn scan(
     Ok((
         result,
         Recovered {
-            images: held_images.f_to_device(Device::Cpu)?,
+            images: split.held.f_to_device(Device::Cpu)?,
             additive,
             mask,
         },
     ))
 }
 
+/// What is left of the backdoor `before` found: for each of its targets,
+/// the share of held-back clean images that a trigger no larger than the
+/// one found then (the same L2 radius, the same mask size) sends to the
+/// target now, the larger of the two forms. A trigger-free estimate of the
+/// attack success rate that remains once unlearning has made the target as
+/// hard to reach as the others (when the scan's verdict is already
+/// `clean`).
+pub fn residual(
+    classifier: &dyn Classifier,
+    map: &InputMap,
+    clean: &Dataset,
+    config: &ScanConfig,
+    before: &ScanResult,
+) -> Result<Vec<(i64, f64)>> {
+    if before.targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let split = Split::new(clean, config.holdout, map.device)?;
+    let classes = before.classes.len() as i64;
+    let mut shares = vec![0.0f64; classes as usize];
+    for family in [Family::Additive, Family::Mask] {
+        let fixed: Vec<f64> = before
+            .classes
+            .iter()
+            .map(|c| match family {
+                Family::Additive => c.radius,
+                Family::Mask => c.mask,
+            })
+            .collect();
+        let settings = SearchSettings {
+            steps: config.steps,
+            per_class: config.per_class,
+            max_batch: config.max_batch,
+            seed: config.seed,
+            fixed: Some(fixed),
+        };
+        let (_, transfer) =
+            split.run(classifier, map, classes, family, &settings, &mut |_, _| {})?;
+        for (s, t) in shares.iter_mut().zip(&transfer) {
+            *s = s.max(t.share);
+        }
+    }
+    Ok(before
+        .targets
+        .iter()
+        .map(|&t| (t, shares[t as usize]))
+        .collect())
+}
+
+/// The clean images a scan searches on and those it holds back.
+struct Split {
+    search: Tensor,
+    held: Tensor,
+    held_labels: Tensor,
+}
+
+impl Split {
+    /// The last `holdout` share of `clean` (at least one image, and one left
+    /// to search on) held back, on `device`.
+    fn new(clean: &Dataset, holdout: f64, device: Device) -> Result<Split> {
+        let n = clean.len() as i64;
+        let held = ((n as f64 * holdout).round() as i64).clamp(1, (n - 1).max(1));
+        let images = clean.images.f_to_device(device)?;
+        Ok(Split {
+            search: images.f_narrow(0, 0, n - held)?,
+            held: images.f_narrow(0, n - held, held)?,
+            held_labels: clean.labels.f_narrow(0, n - held, held)?,
+        })
+    }
+
+    /// One search on the search images, and how its triggers transfer to
+    /// the held-back ones.
+    fn run(
+        &self,
+        classifier: &dyn Classifier,
+        map: &InputMap,
+        classes: i64,
+        family: Family,
+        settings: &SearchSettings,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Found, Vec<search::Transfer>)> {
+        let found = search::search(
+            classifier,
+            map,
+            &self.search,
+            classes,
+            family,
+            settings,
+            progress,
+        )?;
+        let transfer = search::transfer(
+            classifier,
+            map,
+            &self.held,
+            &self.held_labels,
+            &found,
+            family,
+            settings.max_batch,
+        )?;
+        Ok((found, transfer))
+    }
+}
+
 /// The verdict's rule.
 pub mod rule {
-    /// Each class's score: how many times smaller than the median class's its
-    /// smallest trigger is, in whichever trigger form makes it stand out more.
+    /// Each class's score: how many times smaller than the median class's
+    /// its smallest triggers are, the geometric mean over the two forms
+    /// (`sqrt(median(r) / r_c * median(m) / m_c)`). A backdoor's target is
+    /// easy to reach in both forms; a class that is naturally easy (a bag's
+    /// outline) in one at most.
     pub fn scores(radii: &[f64], masks: &[f64]) -> Vec<f64> {
         let (mr, mm) = (median(radii), median(masks));
         radii
             .iter()
             .zip(masks)
-            .map(|(r, m)| (mr / r.max(1e-12)).max(mm / m.max(1e-12)))
+            .map(|(r, m)| (mr / r.max(1e-12) * mm / m.max(1e-12)).sqrt())
             .collect()
     }
 

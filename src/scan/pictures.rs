@@ -27,7 +27,7 @@ use ndarray_npy::WriteNpyExt;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{bail, Result};
-use crate::outputs::{write_atomic, OutputError};
+use crate::outputs::{write_atomic, Inputs, OutputError};
 
 /// One class's recovered trigger and what it does to the held-back images.
 pub struct TriggerPictures<'a> {
@@ -72,12 +72,19 @@ const LABEL_H: u32 = GLYPH_H + 2 * GAP;
 
 /// Writes the pictures and `.npy` files of `p` into `dir`; returns their
 /// paths in the order written.
-pub fn write(dir: &Path, p: &TriggerPictures) -> Result<Vec<PathBuf>> {
+pub fn write(dir: &Path, p: &TriggerPictures, inputs: &Inputs) -> Result<Vec<PathBuf>> {
     let shape = check(p)?;
     let trigger = Planes::of(p.trigger)?;
     let mut written = Vec::new();
     let mut put = |what: &str, encoded: io::Result<Vec<u8>>| -> Result<()> {
         let path = dir.join(format!("{}.class{}.{what}", p.stem, p.class));
+        if let Some(input) = inputs.clash(&path) {
+            return Err(OutputError::Refused {
+                path,
+                reason: format!("it is {input}; choose another --save-triggers folder"),
+            }
+            .into());
+        }
         let bytes = encoded.map_err(|source| OutputError::Write {
             path: path.clone(),
             source,
@@ -439,7 +446,7 @@ mod tests {
         let (trigger, triggered) = images(3, 1, 28, 28);
         let predictions = [7, 2, 7];
         let p = pictures(&trigger, &clean, &triggered, &[1, 2, -1], &predictions);
-        let written = write(dir.path(), &p).unwrap();
+        let written = write(dir.path(), &p, &Inputs::default()).unwrap();
         let names: Vec<_> = written.iter().map(|w| w.file_name().unwrap()).collect();
         assert_eq!(
             names,
@@ -507,7 +514,7 @@ mod tests {
         let trigger = Tensor::full([3, 20, 30], 0.3, CPU);
         let triggered = clean.f_add(&trigger).unwrap().clamp(0.0, 1.0);
         let p = pictures(&trigger, &clean, &triggered, &[0, 1], &[3, 4]);
-        let written = write(dir.path(), &p).unwrap();
+        let written = write(dir.path(), &p, &Inputs::default()).unwrap();
         let picture = image::open(&written[0]).unwrap();
         // 20 x 12 = 240 >= 224 on the shorter side.
         assert_eq!((picture.width(), picture.height()), (360, 240));
@@ -538,7 +545,7 @@ mod tests {
         p.form = "mask";
         p.mask = Some(&mask);
         p.pattern = Some(&pattern);
-        let written = write(dir.path(), &p).unwrap();
+        let written = write(dir.path(), &p, &Inputs::default()).unwrap();
         assert_eq!(written.len(), 5);
         let (mask_file, pattern_file) = (&written[3], &written[4]);
         assert!(mask_file.ends_with("net.class7.mask.npy"));
@@ -563,7 +570,7 @@ mod tests {
         // A mask form without its mask is refused before anything is written.
         p.mask = None;
         let other = tempfile::tempdir().unwrap();
-        assert!(write(other.path(), &p).is_err());
+        assert!(write(other.path(), &p, &Inputs::default()).is_err());
         assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0);
     }
 
@@ -573,15 +580,17 @@ mod tests {
         let clean = Tensor::zeros([2, 1, 4, 4], CPU);
         let (trigger, triggered) = images(2, 1, 4, 4);
         let mut p = pictures(&trigger, &clean, &triggered, &[0, 1], &[0]);
-        let e = write(dir.path(), &p).unwrap_err().to_string();
+        let e = write(dir.path(), &p, &Inputs::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1 triggered predictions for 2 images"), "{e}");
         p.predictions = &[0, 1];
         p.stem = "../up";
-        assert!(write(dir.path(), &p).is_err());
+        assert!(write(dir.path(), &p, &Inputs::default()).is_err());
         p.stem = "net";
         let small = Tensor::zeros([1, 4, 4], CPU);
         p.triggered = &small;
-        assert!(write(dir.path(), &p).is_err());
+        assert!(write(dir.path(), &p, &Inputs::default()).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

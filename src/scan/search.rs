@@ -32,7 +32,8 @@ const PATTERN_STEP: f64 = 0.05;
 const TAIL: usize = 10;
 
 /// Which trigger form a search recovers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     Additive,
     Mask,
@@ -79,6 +80,10 @@ pub struct SearchSettings {
     /// Perturbed images per forward pass.
     pub max_batch: i64,
     pub seed: i64,
+    /// Keep each class's budget at these values instead of adapting it
+    /// (the residual check: what a trigger of the size found before still
+    /// does).
+    pub fixed: Option<Vec<f64>>,
 }
 
 /// Runs the `family` search for every class of `model` on `images`
@@ -134,7 +139,10 @@ pub fn search(
             }
         }
     }
-    let mut budget = vec![start_budget; classes as usize];
+    let mut budget = match &settings.fixed {
+        Some(fixed) if fixed.len() == classes as usize => fixed.clone(),
+        _ => vec![start_budget; classes as usize],
+    };
     let mut history: Vec<Vec<f64>> = Vec::new();
     let mut next = 0i64;
     for step in 0..settings.steps {
@@ -189,9 +197,11 @@ pub fn search(
                 )?
                 .f_to_device(Device::Cpu)?;
             let fooled = Vec::<f64>::try_from(&fooled)?;
-            for (j, share) in fooled.iter().enumerate() {
-                let b = &mut budget[(first as usize) + j];
-                *b = (*b * if *share >= FOOLING { SHRINK } else { GROW }).min(max_budget);
+            if settings.fixed.is_none() {
+                for (j, share) in fooled.iter().enumerate() {
+                    let b = &mut budget[(first as usize) + j];
+                    *b = (*b * if *share >= FOOLING { SHRINK } else { GROW }).min(max_budget);
+                }
             }
             let targets = ids.f_repeat_interleave_self_int(per_class, 0, None)?;
             let log_probs = logits.f_log_softmax(-1, Kind::Float)?;
@@ -266,37 +276,94 @@ fn norm(t: &Tensor, p: f64) -> Result<Tensor> {
     })
 }
 
-/// The share of `images` not already predicted `class` that `class`'s
-/// trigger sends to it, for every class (chunks of at most `max_batch`).
+/// How a class's recovered trigger does on held-back clean images.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Transfer {
+    /// Share of the images not already predicted `class` that the trigger
+    /// sends to it.
+    pub share: f64,
+    /// Mean probability of `class` on those images with the trigger.
+    pub confidence: f64,
+    /// The smallest share over the images' true classes (other than
+    /// `class`) with at least 5 images.
+    pub worst_source: f64,
+}
+
+/// [`Transfer`] of every class's trigger (chunks of at most `max_batch`).
 pub fn transfer(
     model: &dyn Classifier,
     map: &InputMap,
     images: &Tensor,
+    labels: &Tensor,
     found: &Found,
     family: Family,
     max_batch: i64,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Transfer>> {
     let classes = found.budgets.len() as i64;
     let n = images.size()[0];
-    let clean = predict(model, map, images, max_batch)?;
-    let mut shares = Vec::with_capacity(classes as usize);
+    let (clean, _) = predict_with_probabilities(model, map, images, max_batch)?;
+    let labels = Vec::<i64>::try_from(&labels.f_to_device(Device::Cpu)?)?;
+    let clean = Vec::<i64>::try_from(&clean.f_to_device(Device::Cpu)?)?;
+    let mut out = Vec::with_capacity(classes as usize);
     for c in 0..classes {
-        let eligible = clean.f_ne(c)?;
-        let count = eligible.f_sum(Kind::Int64)?.int64_value(&[]);
-        if count == 0 || n == 0 {
-            shares.push(0.0);
+        let eligible: Vec<usize> = (0..n as usize).filter(|&i| clean[i] != c).collect();
+        if eligible.is_empty() {
+            out.push(Transfer::default());
             continue;
         }
         let triggered = found.apply(family, c, images)?;
-        let predicted = predict(model, map, &triggered, max_batch)?;
-        let hits = predicted
-            .f_eq(c)?
-            .f_logical_and(&eligible)?
-            .f_sum(Kind::Int64)?
-            .int64_value(&[]);
-        shares.push(hits as f64 / count as f64);
+        let (predicted, probs) = predict_with_probabilities(model, map, &triggered, max_batch)?;
+        let predicted = Vec::<i64>::try_from(&predicted.f_to_device(Device::Cpu)?)?;
+        let p_c = Vec::<f64>::try_from(
+            &probs
+                .f_select(1, c)?
+                .f_to_kind(Kind::Double)?
+                .f_to_device(Device::Cpu)?,
+        )?;
+        let hits = eligible.iter().filter(|&&i| predicted[i] == c).count();
+        let confidence = eligible.iter().map(|&i| p_c[i]).sum::<f64>() / eligible.len() as f64;
+        let mut worst: f64 = 1.0;
+        for source in 0..classes {
+            let members: Vec<usize> = eligible
+                .iter()
+                .copied()
+                .filter(|&i| labels[i] == source && source != c)
+                .collect();
+            if members.len() >= 5 {
+                let h = members.iter().filter(|&&i| predicted[i] == c).count();
+                worst = worst.min(h as f64 / members.len() as f64);
+            }
+        }
+        out.push(Transfer {
+            share: hits as f64 / eligible.len() as f64,
+            confidence,
+            worst_source: worst,
+        });
     }
-    Ok(shares)
+    Ok(out)
+}
+
+/// Predicted classes and class probabilities of `images`, `max_batch` at a
+/// time.
+fn predict_with_probabilities(
+    model: &dyn Classifier,
+    map: &InputMap,
+    images: &Tensor,
+    max_batch: i64,
+) -> Result<(Tensor, Tensor)> {
+    let n = images.size()[0];
+    let mut classes = Vec::new();
+    let mut probs = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = max_batch.min(n - start);
+        let x = map.apply(&images.f_narrow(0, start, len)?)?;
+        let logits = tch::no_grad(|| model.logits(&x))?;
+        classes.push(logits.f_argmax(-1, false)?);
+        probs.push(logits.f_softmax(-1, Kind::Float)?);
+        start += len;
+    }
+    Ok((Tensor::f_cat(&classes, 0)?, Tensor::f_cat(&probs, 0)?))
 }
 
 /// Predicted classes of `images`, `max_batch` at a time.
@@ -306,15 +373,6 @@ pub fn predict(
     images: &Tensor,
     max_batch: i64,
 ) -> Result<Tensor> {
-    let n = images.size()[0];
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = max_batch.min(n - start);
-        let x = map.apply(&images.f_narrow(0, start, len)?)?;
-        let logits = tch::no_grad(|| model.logits(&x))?;
-        parts.push(logits.f_argmax(-1, false)?.f_to_device(images.device())?);
-        start += len;
-    }
-    Ok(Tensor::f_cat(&parts, 0)?)
+    let (classes, _) = predict_with_probabilities(model, map, images, max_batch)?;
+    Ok(classes.f_to_device(images.device())?)
 }
