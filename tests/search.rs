@@ -67,3 +67,44 @@ fn targeted_search_finds_the_backdoor_target_of_a_jax_export() {
         100.0 * share
     );
 }
+
+/// With `max_batch` of one class's images per forward pass (ten chunks
+/// instead of one), the search computes the same radii and picks the same
+/// class: memory follows `max_batch`, the result does not.
+#[test]
+fn the_targeted_search_in_class_chunks_finds_the_same_radii() {
+    let (_, model) = load_classifier(&common::fixture("jax_cnn.onnx"), &ImportOptions::default())
+        .expect("import");
+    let data = ibau::data::load(Path::new(FASHION))
+        .and_then(|d| d.slice(0..500))
+        .expect("Fashion-MNIST test images");
+    let images = data.images.permute([0, 2, 3, 1]).contiguous();
+    let batches: Vec<Batch> = (0..5)
+        .map(|b| Batch {
+            images: images.narrow(0, 100 * b, 100),
+            labels: data.labels.narrow(0, 100 * b, 100),
+        })
+        .collect();
+    let run = |max_batch: Option<usize>| {
+        let config = Config {
+            max_batch,
+            perturbation_steps: Some(20),
+            ..Config::default()
+        };
+        targeted_search(&model, &batches, &config, &mut SearchMemory::default())
+            .expect("search")
+            .1
+    };
+    let whole = run(None);
+    let chunked = run(Some(20));
+    eprintln!("{:?}\n{:?}", whole.radii, chunked.radii);
+    assert_eq!(whole.class, chunked.class);
+    for (a, b) in whole.radii.iter().zip(&chunked.radii) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.max(1.0),
+            "{:?} vs {:?}",
+            whole.radii,
+            chunked.radii
+        );
+    }
+}

@@ -57,6 +57,12 @@ pub struct Args {
     /// Clean batch size.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    /// Perturbed images per forward pass of the targeted search (and of the
+    /// scans): its classes go through the model in chunks of at most this
+    /// many images, so memory follows this number, not the number of
+    /// classes [default: twice --batch-size].
+    #[arg(long, value_parser = super::positive_count)]
+    pub max_batch: Option<usize>,
     /// Steps of the perturbation search per round (default: one per clean
     /// batch, as the paper; the targeted search takes at least 50, cycling
     /// over the batches).
@@ -208,6 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             },
             lr: args.lr,
             batch_size: args.batch_size as usize,
+            max_batch: args.max_batch,
             perturbation_lr: args.perturbation_lr,
             perturbation_radius: args.radius,
             perturbation_steps: args.perturbation_steps,
@@ -221,7 +228,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         test,
         stop_below_asr: args.stop_below_asr,
         parity_tolerance: args.parity_tolerance,
-        scan: (!args.no_scan).then(ibau::scan::ScanConfig::default),
+        scan: (!args.no_scan).then(|| ibau::scan::ScanConfig {
+            max_batch: args.max_batch.unwrap_or(2 * args.batch_size as usize) as i64,
+            ..Default::default()
+        }),
         until_clean: args.until_clean,
     };
     let mut progress = Progress::new(&args.model);

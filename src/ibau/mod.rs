@@ -21,7 +21,8 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 pub use optim::{Optimizer, OptimizerKind};
 pub use search::{
-    perturbation_search, project, targeted_search, Search, SearchMemory, TargetedStats,
+    fooled_shares, perturbation_search, project, targeted_search, Search, SearchMemory,
+    TargetedStats,
 };
 
 /// Errors while training.
@@ -65,6 +66,10 @@ pub struct Config {
     pub lr: f64,
     /// Clean batch size B.
     pub batch_size: usize,
+    /// Perturbed images per forward pass of the targeted search (its classes
+    /// go through the model in chunks of at most this many images); `None`
+    /// = twice the batch size.
+    pub max_batch: Option<usize>,
     /// SGD learning rate of the perturbation search.
     pub perturbation_lr: f64,
     /// Radius of the L2 ball the perturbation is projected into.
@@ -92,6 +97,7 @@ impl Default for Config {
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
             batch_size: 100,
+            max_batch: None,
             perturbation_lr: 10.0,
             perturbation_radius: 10.0,
             perturbation_steps: None,

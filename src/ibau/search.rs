@@ -152,15 +152,21 @@ pub fn targeted_search(
         )));
     }
     let per_class = (IMAGES_PER_STEP / classes).clamp(1, first.images.size()[0]);
-    let mut shape = first.images.size();
-    shape[0] = classes;
-    let delta = Tensor::f_zeros(shape.as_slice(), (kind, device))?.set_requires_grad(true);
+    // Classes per forward pass: at most `max_batch` perturbed images, so
+    // memory follows the batch size, not the number of classes.
+    let max_batch = config.max_batch.unwrap_or(2 * config.batch_size).max(1) as i64;
+    let chunk = (max_batch / per_class).clamp(1, classes);
+    let chunks = (classes + chunk - 1) / chunk;
+    let sample = first.images.size()[1..].to_vec();
+    let mut delta: Vec<Tensor> = (0..chunks)
+        .map(|i| {
+            let mut shape = vec![chunk.min(classes - i * chunk)];
+            shape.extend_from_slice(&sample);
+            Tensor::f_zeros(shape.as_slice(), (kind, device))
+        })
+        .collect::<Result<_, _>>()?;
     // Per-class reductions over every dimension but the first.
-    let sample_dims: Vec<i64> = (1..delta.dim() as i64).collect();
-    let mut per_class_shape = vec![1i64; delta.dim()];
-    per_class_shape[0] = classes;
-    let class_ids = Tensor::f_arange(classes, (Kind::Int64, device))?;
-    let class_column = class_ids.f_view([classes, 1])?;
+    let sample_dims: Vec<i64> = (1..=sample.len() as i64).collect();
 
     let max_radius = config.perturbation_radius;
     let mut radius = vec![max_radius; classes as usize];
@@ -173,56 +179,48 @@ pub fn targeted_search(
         let count = per_class.min(batch.images.size()[0]);
         let x = batch.images.f_narrow(0, 0, count)?;
         let clean_prediction = tch::no_grad(|| model.logits(&x))?.f_argmax(-1, false)?;
-        // [classes, count, ...] -> [classes * count, ...]
-        let mut stacked_shape = vec![classes * count];
-        stacked_shape.extend_from_slice(&x.size()[1..]);
-        let perturbed = x
-            .f_unsqueeze(0)?
-            .f_add(&delta.f_unsqueeze(1)?)?
-            .f_reshape(stacked_shape.as_slice())?;
-        let logits = model.logits(&perturbed)?;
+        for (i, d) in delta.iter_mut().enumerate() {
+            let first_class = i as i64 * chunk;
+            let k = d.size()[0];
+            let leaf = d.f_detach()?.set_requires_grad(true);
+            let class_ids =
+                Tensor::f_arange_start(first_class, first_class + k, (Kind::Int64, device))?;
+            // [k, count, ...] -> [k * count, ...]
+            let mut stacked_shape = vec![k * count];
+            stacked_shape.extend_from_slice(&x.size()[1..]);
+            let perturbed = x
+                .f_unsqueeze(0)?
+                .f_add(&leaf.f_unsqueeze(1)?)?
+                .f_reshape(stacked_shape.as_slice())?;
+            let logits = model.logits(&perturbed)?;
 
-        let predicted = logits
-            .detach()
-            .f_argmax(-1, false)?
-            .f_view([classes, count])?;
-        let eligible = clean_prediction
-            .f_view([1, count])?
-            .f_ne_tensor(&class_column)?;
-        let fooled = predicted
-            .f_eq_tensor(&class_column)?
-            .f_logical_and(&eligible)?
-            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
-            .f_div(
-                &eligible
-                    .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
-                    .f_clamp_min(1.0)?,
-            )?
-            .f_to_device(Device::Cpu)?;
-        let fooled = Vec::<f64>::try_from(&fooled)?;
-        for (r, share) in radius.iter_mut().zip(&fooled) {
-            *r = (*r * if *share >= FOOLING { SHRINK } else { GROW }).min(max_radius);
+            let fooled = fooled_shares(&logits, &clean_prediction, &class_ids)?;
+            let radii = &mut radius[first_class as usize..(first_class + k) as usize];
+            for (r, share) in radii.iter_mut().zip(&fooled) {
+                *r = (*r * if *share >= FOOLING { SHRINK } else { GROW }).min(max_radius);
+            }
+
+            let targets = class_ids.f_repeat_interleave_self_int(count, 0, None)?;
+            let loss = cross_entropy(&logits, &targets, Reduction::Sum)?;
+            let grad = Tensor::f_run_backward(&[&loss], &[&leaf], false, false)?.remove(0);
+            let mut per_class_shape = vec![1i64; sample.len() + 1];
+            per_class_shape[0] = k;
+            *d = tch::no_grad(|| -> Result<Tensor, TrainError> {
+                let r = Tensor::f_from_slice(radii)?
+                    .f_to_kind(kind)?
+                    .f_to_device(device)?
+                    .f_view(per_class_shape.as_slice())?;
+                let step = grad
+                    .f_div(&l2_per_class(&grad, &sample_dims, kind)?.f_clamp_min(1e-12)?)?
+                    .f_mul(&r)?
+                    .f_mul_scalar(STEP)?;
+                let moved = leaf.f_sub(&step)?;
+                let factor = r
+                    .f_div(&l2_per_class(&moved, &sample_dims, kind)?.f_clamp_min(1e-12)?)?
+                    .f_clamp_max(1.0)?;
+                Ok(moved.f_mul(&factor)?)
+            })?;
         }
-
-        let targets = class_ids.f_repeat_interleave_self_int(count, 0, None)?;
-        let loss = cross_entropy(&logits, &targets, Reduction::Sum)?;
-        let grad = Tensor::f_run_backward(&[&loss], &[&delta], false, false)?.remove(0);
-        tch::no_grad(|| -> Result<(), TrainError> {
-            let r = Tensor::f_from_slice(&radius)?
-                .f_to_kind(kind)?
-                .f_to_device(device)?
-                .f_view(per_class_shape.as_slice())?;
-            let step = grad
-                .f_div(&l2_per_class(&grad, &sample_dims, kind)?.f_clamp_min(1e-12)?)?
-                .f_mul(&r)?
-                .f_mul_scalar(STEP)?;
-            let _ = delta.shallow_clone().f_sub_(&step)?;
-            let factor = r
-                .f_div(&l2_per_class(&delta, &sample_dims, kind)?.f_clamp_min(1e-12)?)?
-                .f_clamp_max(1.0)?;
-            let _ = delta.shallow_clone().f_mul_(&factor)?;
-            Ok(())
-        })?;
         history.push(radius.clone());
     }
 
@@ -243,7 +241,9 @@ pub fn targeted_search(
             class
         }
     };
-    let chosen = delta.detach().f_narrow(0, class as i64, 1)?;
+    let chosen = delta[class / chunk as usize]
+        .detach()
+        .f_narrow(0, class as i64 % chunk, 1)?;
     Ok((
         chosen,
         TargetedStats {
@@ -253,6 +253,33 @@ pub fn targeted_search(
             radii,
         },
     ))
+}
+
+/// For `k` classes (`class_ids`, `[k]`) each tried on the same `count`
+/// images: the share of the images not already predicted as the class
+/// (`clean_prediction`, `[count]`) whose perturbed prediction (`logits` of
+/// the `k * count` perturbed images, class-major) is the class.
+pub fn fooled_shares(
+    logits: &Tensor,
+    clean_prediction: &Tensor,
+    class_ids: &Tensor,
+) -> Result<Vec<f64>, tch::TchError> {
+    let k = class_ids.size()[0];
+    let count = clean_prediction.size()[0];
+    let column = class_ids.f_view([k, 1])?;
+    let predicted = logits.detach().f_argmax(-1, false)?.f_view([k, count])?;
+    let eligible = clean_prediction.f_view([1, count])?.f_ne_tensor(&column)?;
+    let fooled = predicted
+        .f_eq_tensor(&column)?
+        .f_logical_and(&eligible)?
+        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
+        .f_div(
+            &eligible
+                .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
+                .f_clamp_min(1.0)?,
+        )?
+        .f_to_device(Device::Cpu)?;
+    Vec::<f64>::try_from(&fooled)
 }
 
 fn first_batch(batches: &[Batch]) -> Result<&Batch, TrainError> {

@@ -178,25 +178,7 @@ pub fn search(
             flat.extend_from_slice(sample);
             let perturbed = perturbed.f_reshape(flat.as_slice())?.f_clamp(0.0, 1.0)?;
             let logits = model.logits(&map.apply(&perturbed)?)?;
-            let predicted = logits
-                .detach()
-                .f_argmax(-1, false)?
-                .f_view([k, per_class])?;
-            let column = ids.f_view([k, 1])?;
-            let eligible = clean_prediction
-                .f_view([1, per_class])?
-                .f_ne_tensor(&column)?;
-            let fooled = predicted
-                .f_eq_tensor(&column)?
-                .f_logical_and(&eligible)?
-                .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
-                .f_div(
-                    &eligible
-                        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
-                        .f_clamp_min(1.0)?,
-                )?
-                .f_to_device(Device::Cpu)?;
-            let fooled = Vec::<f64>::try_from(&fooled)?;
+            let fooled = crate::ibau::fooled_shares(&logits, &clean_prediction, &ids)?;
             if settings.fixed.is_none() {
                 for (j, share) in fooled.iter().enumerate() {
                     let b = &mut budget[(first as usize) + j];
