@@ -28,14 +28,15 @@ fn entry<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("no entry for {name} in {report}"))
 }
 
-/// The verdicts of two clean and two poisoned fixtures from two frameworks,
+/// The verdicts of two clean (PyTorch, JAX) and two poisoned (JAX, Keras)
+/// fixtures,
 /// with the poisoned ones' true targets (models/fixtures*.json), from the
 /// default scan on 1000 clean test images.
 #[test]
 fn scan_pins_the_verdicts_of_clean_and_poisoned_fixtures() {
     let models = [
         ("clean_resnet.onnx", None),
-        ("clean_vgg.onnx", None),
+        ("clean_jax_cnn.onnx", None),
         ("jax_mlp.onnx", Some(8)),
         ("keras_softmax.onnx", Some(3)),
     ];
