@@ -31,10 +31,18 @@ pub fn collect(paths: &[PathBuf]) -> Result<(Vec<Candidate>, Vec<Skipped>)> {
     let mut models = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
-        let meta = std::fs::symlink_metadata(path)
+        // A path given by name is followed (the user named it); what a
+        // folder holds is not.
+        let meta = std::fs::metadata(path)
             .map_err(|e| crate::Error::Model(format!("`{}`: {e}", path.display())))?;
         if meta.is_dir() {
             walk(path, &mut models, &mut skipped)?;
+        } else if !meta.is_file() {
+            // A FIFO would block the content check, a device never end.
+            skipped.push(Skipped {
+                file: path.display().to_string(),
+                reason: "not a regular file".into(),
+            });
         } else {
             let kind = torchscript::detect(path).unwrap_or(FileKind::Onnx);
             models.push(Candidate {
@@ -358,6 +366,17 @@ mod tests {
             .map(|s| paths.iter().filter(|p| s.takes(p)).count())
             .collect();
         assert!(sizes.iter().all(|&n| n > 40), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_fifo_given_by_name_is_skipped_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("model.onnx");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (models, skipped) = collect(&[fifo]).unwrap();
+        assert!(models.is_empty());
+        assert_eq!(skipped[0].reason, "not a regular file");
     }
 
     #[test]
