@@ -254,6 +254,30 @@ fn scan_outputs_are_checked_and_triggers_saved() {
     assert!(stderr(&out).contains("--save-triggers"), "{}", stderr(&out));
     assert_eq!(std::fs::read(&model).unwrap(), before);
 
+    // The external data a model names is an input too.
+    let ext = dir.path().join("vgg_badnets_external.onnx");
+    let data = dir.path().join("vgg_badnets_external.onnx.data");
+    std::fs::copy(common::fixture("vgg_badnets_external.onnx"), &ext).unwrap();
+    std::fs::copy(common::fixture("vgg_badnets_external.onnx.data"), &data).unwrap();
+    let data_before = std::fs::read(&data).unwrap();
+    let out = ibau(&[
+        "scan",
+        s(&ext),
+        "--clean",
+        FASHION,
+        "--clean-range",
+        "0:200",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--report",
+        s(&data),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("external-data"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&data).unwrap(), data_before);
+
     let triggers = dir.path().join("triggers");
     let out = ibau(&[
         "scan",

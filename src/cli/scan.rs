@@ -227,7 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             cache.as_ref(),
             &mut data_cache,
             args.save_triggers.as_deref(),
-            &inputs,
+            &mut inputs,
             (i + 1, total),
         ) {
             Ok(entry) => entry,
@@ -246,6 +246,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
         entries.push(entry);
     }
+    // Checked again with the external-data files the models named.
+    ibau::outputs::check_outputs(&inputs, &files, &[])?;
     let report = ScanReport::new(entries, skipped);
     finish(&report, &args.out)
 }
@@ -352,7 +354,7 @@ fn scan_one(
     cache: Option<&Cache>,
     data_cache: &mut HashMap<(PathBuf, String), (Dataset, String)>,
     save_triggers: Option<&Path>,
-    inputs: &Inputs,
+    inputs: &mut Inputs,
     (index, total): (usize, usize),
 ) -> anyhow::Result<ModelEntry> {
     let file = candidate.path.display().to_string();
@@ -403,6 +405,11 @@ fn scan_one(
         return Ok(entry);
     }
     let model = Model::load(&candidate.path, options)?;
+    // Its external data is an input too: no output may overwrite it.
+    inputs.extend(
+        model.external_files(),
+        "an external-data file of a scanned model",
+    );
     let bar = ProgressBar::new(2 * config.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, ETA {eta}")
