@@ -38,9 +38,11 @@ pub enum MergeError {
     ShardSchema { shard: usize, found: u32 },
 }
 
-/// Reads the scan report at `path`, refusing a file larger than the memory
-/// budget before reading it, and a report of another schema.
-pub fn read_report(path: &Path) -> Result<ScanReport, MergeError> {
+/// The bytes of the regular file at `path` (`what`, in errors), refusing
+/// anything else (a FIFO is not waited on) and a file larger than the
+/// memory budget before reading it. Used for every JSON file the scan reads:
+/// reports, the manifest, cache entries.
+pub fn read_bytes(path: &Path, what: &'static str) -> Result<Vec<u8>, MergeError> {
     use std::os::unix::fs::OpenOptionsExt;
     let read_error = |source| MergeError::Read {
         path: path.to_path_buf(),
@@ -60,11 +62,9 @@ pub fn read_report(path: &Path) -> Result<ScanReport, MergeError> {
         });
     }
     let length = meta.len();
-    limits::check_bytes(length as u128, "the scan report").map_err(|source| {
-        MergeError::TooLarge {
-            path: path.to_path_buf(),
-            source,
-        }
+    limits::check_bytes(length as u128, what).map_err(|source| MergeError::TooLarge {
+        path: path.to_path_buf(),
+        source,
     })?;
     // No more than the checked length, even if the file grows meanwhile (a
     // cut document then fails to parse).
@@ -72,6 +72,13 @@ pub fn read_report(path: &Path) -> Result<ScanReport, MergeError> {
     file.take(length)
         .read_to_end(&mut bytes)
         .map_err(read_error)?;
+    Ok(bytes)
+}
+
+/// Reads the scan report at `path`, refusing a file larger than the memory
+/// budget before reading it, and a report of another schema.
+pub fn read_report(path: &Path) -> Result<ScanReport, MergeError> {
+    let bytes = read_bytes(path, "the scan report")?;
     let report: ScanReport =
         serde_json::from_slice(&bytes).map_err(|source| MergeError::Parse {
             path: path.to_path_buf(),

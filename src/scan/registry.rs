@@ -202,14 +202,11 @@ pub struct Manifest {
     pub base: PathBuf,
 }
 
-/// The largest manifest read (a manifest is a small JSON file).
-const MAX_MANIFEST_BYTES: u64 = 16 << 20;
-
 impl Manifest {
     /// Reads a manifest; relative paths in it are resolved against its folder.
     pub fn read(path: &Path) -> Result<Manifest> {
-        let text = read_small(path, MAX_MANIFEST_BYTES)?;
-        let mut manifest: Manifest = serde_json::from_str(&text)
+        let bytes = super::merge::read_bytes(path, "the manifest")?;
+        let mut manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| crate::Error::Model(format!("manifest `{}`: {e}", path.display())))?;
         let base = crate::outputs::parent_folder(path);
         let resolve = |s: &mut Settings| {
@@ -258,22 +255,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
     }
-}
-
-/// Reads a small text file, refusing one larger than `limit` before reading.
-fn read_small(path: &Path, limit: u64) -> Result<String> {
-    let io = |e: std::io::Error| crate::Error::Model(format!("reading `{}`: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len > limit {
-        bail!(
-            "`{}` is {len} bytes; a manifest or report is at most {limit}",
-            path.display()
-        );
-    }
-    let mut text = String::new();
-    file.take(limit).read_to_string(&mut text).map_err(io)?;
-    Ok(text)
 }
 
 /// sha256 of a file, hex.
@@ -336,8 +317,8 @@ impl Cache {
 
     /// The cached entry, if any; an unreadable entry counts as none.
     pub fn get(&self, key: &str) -> Option<ModelEntry> {
-        let text = read_small(&self.path(key), MAX_MANIFEST_BYTES).ok()?;
-        serde_json::from_str(&text).ok()
+        let bytes = super::merge::read_bytes(&self.path(key), "a cache entry").ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Stores `entry` under `key`, atomically.
@@ -461,6 +442,12 @@ mod tests {
         .unwrap();
         cache.put(&key, &entry).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        // A FIFO planted as an entry is a miss, not a wait.
+        let other = Cache::key("fifo", "settings");
+        let fifo = dir.path().join("cache").join(format!("{other}.json"));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(cache.get(&other).is_none());
         assert_eq!(cache.get(&key).unwrap().error.as_deref(), Some("boom"));
         assert_ne!(Cache::key("abc", "settings"), Cache::key("abd", "settings"));
     }

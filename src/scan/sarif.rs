@@ -202,8 +202,7 @@ fn message(model: &ModelEntry, targets: &[i64]) -> String {
 /// new one.
 fn fingerprint(rule: &str, model: &ModelEntry, sorted_targets: &[i64]) -> String {
     let identity = json!([rule, model.file, model.sha256, sorted_targets]);
-    let digest = Sha256::digest(identity.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    super::registry::hex(&Sha256::digest(identity.to_string().as_bytes()))
 }
 
 /// The model file as a location: a relative path stays relative to
