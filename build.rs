@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("onnx_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // Initializer bytes as `bytes::Bytes`: decoding a model read into one
+    // `Bytes` buffer slices it instead of copying every tensor's data.
+    prost_build::Config::new()
+        .bytes([".onnx.TensorProto.raw_data"])
+        .compile_fds(descriptors)?;
 
     if let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

@@ -687,11 +687,12 @@ fn mutate_tensor(tensor: &mut TensorProto, rng: &mut Rng) -> &'static str {
             "drop_raw_data"
         }
         5 => {
-            let raw = tensor.raw_data.get_or_insert_with(Vec::new);
+            let mut raw = tensor.raw_data.take().unwrap_or_default().to_vec();
             match rng.below(2) {
                 0 => raw.truncate(rng.below(raw.len() + 1)),
                 _ => raw.extend((0..1 + rng.below(8)).map(|_| rng.next_u64() as u8)),
             }
+            tensor.raw_data = Some(raw.into());
             "resize_raw_data"
         }
         6 => {
@@ -1262,7 +1263,7 @@ impl Target {
     fn execute(&self, bytes: &[u8], seed: &Seed, rng: &mut Rng, stats: &mut Stats) {
         stats.add(Counter::Executions);
         STAGE.set("decode");
-        let Ok(mut proto) = decode_model(&self.model_path, bytes) else {
+        let Ok(mut proto) = decode_model(&self.model_path, bytes.to_vec().into()) else {
             return stats.add(Counter::DecodeErrors);
         };
         STAGE.set("external data");

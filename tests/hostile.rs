@@ -392,7 +392,7 @@ fn sizes_that_overflow_or_exceed_the_budget_are_errors_not_panics() {
         let mut model = decode_fixture(VGG);
         let init = &mut model.graph.as_mut().unwrap().initializer[0];
         init.dims = dims;
-        init.raw_data = Some(Vec::new());
+        init.raw_data = Some(Vec::new().into());
         let name = init.name().to_string();
         let path = write_model(dir.path(), "dims.onnx", &model);
         assert_refused(&run(&["inspect", s(&path)]), &name);
@@ -670,12 +670,13 @@ fn weights_that_are_not_numbers_are_errors() {
             .initializer
             .iter_mut()
             .filter(|t| t.data_type() == 1)
-            .max_by_key(|t| t.raw_data.as_ref().map_or(0, Vec::len))
+            .max_by_key(|t| t.raw_data.as_ref().map_or(0, |r| r.len()))
             .unwrap();
-        let raw = init.raw_data.as_mut().unwrap();
+        let mut raw = init.raw_data.take().unwrap().to_vec();
         for chunk in raw.chunks_exact_mut(4) {
             chunk.copy_from_slice(&value.to_le_bytes());
         }
+        init.raw_data = Some(raw.into());
         let tensor = init.name().to_string();
         (write_model(dir.path(), name, &model), tensor)
     };

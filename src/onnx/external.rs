@@ -91,7 +91,7 @@ pub fn load(
         match read_external(t, dir) {
             Ok(bytes) => {
                 external.insert(t.name().to_string(), std::mem::take(&mut t.external_data));
-                t.raw_data = Some(bytes);
+                t.raw_data = Some(bytes.into());
                 t.data_location = None;
             }
             Err(reason) => {

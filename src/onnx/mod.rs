@@ -73,7 +73,8 @@ impl Model {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut proto = decode_model(path, &bytes)?;
+        // One buffer: the initializers' `raw_data` are slices of it.
+        let mut proto = decode_model(path, bytes::Bytes::from(bytes))?;
         let dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -143,7 +144,8 @@ impl Model {
 }
 
 /// Decodes `bytes` as a `ModelProto` and checks that it looks like a model.
-pub fn decode_model(path: &Path, bytes: &[u8]) -> Result<ModelProto, OnnxError> {
+pub fn decode_model(path: &Path, bytes: bytes::Bytes) -> Result<ModelProto, OnnxError> {
+    let empty = bytes.is_empty();
     let proto = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
         path: path.to_path_buf(),
         source,
@@ -152,7 +154,7 @@ pub fn decode_model(path: &Path, bytes: &[u8]) -> Result<ModelProto, OnnxError> 
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    if bytes.is_empty() {
+    if empty {
         return Err(not_onnx("the file is empty"));
     }
     if proto.ir_version.unwrap_or(0) <= 0 {

@@ -81,6 +81,13 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
         }
     };
     let n = numel(t)?;
+    // The tensor, copied once from bytes in the tch kind's layout.
+    let from_bytes = |bytes: &[u8]| {
+        Tensor::f_from_data_size(bytes, &t.dims, kind).map_err(|source| TensorError::Torch {
+            name: name(),
+            source,
+        })
+    };
     let length_error = |field, got| TensorError::Length {
         name: name(),
         field,
@@ -89,7 +96,7 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
         got,
     };
     // Bytes in the tch kind's layout (little endian, as on every host we build for).
-    let bytes: Vec<u8> = if let Some(raw) = t.raw_data.as_ref() {
+    let bytes: std::borrow::Cow<'_, [u8]> = if let Some(raw) = t.raw_data.as_ref() {
         let size = dtype.byte_size().expect("numeric types have a byte size");
         // A shape whose byte size overflows can match no raw_data.
         if n.checked_mul(size) != Some(raw.len()) {
@@ -116,8 +123,9 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
                 }
                 out
             }
-            _ => raw.clone(),
+            _ => return from_bytes(raw),
         }
+        .into()
     } else {
         let check = |field: &'static str, got: usize| {
             if got == n {
@@ -166,11 +174,9 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
                 }
             }
         }
+        .into()
     };
-    Tensor::f_from_data_size(&bytes, &t.dims, kind).map_err(|source| TensorError::Torch {
-        name: name(),
-        source,
-    })
+    from_bytes(&bytes)
 }
 
 /// Writes `value` into `t`'s data, converting it to `t`'s element type and
@@ -214,12 +220,14 @@ pub fn write_tensor_data(t: &mut TensorProto, value: &Tensor) -> Result<(), Tens
             DataType::UINT16 => bytes
                 .chunks_exact(4)
                 .flat_map(|c| (i32::from_le_bytes(c.try_into().unwrap()) as u16).to_le_bytes())
-                .collect(),
+                .collect::<Vec<u8>>()
+                .into(),
             DataType::UINT32 => bytes
                 .chunks_exact(8)
                 .flat_map(|c| (i64::from_le_bytes(c.try_into().unwrap()) as u32).to_le_bytes())
-                .collect(),
-            _ => bytes,
+                .collect::<Vec<u8>>()
+                .into(),
+            _ => bytes.into(),
         });
         return Ok(());
     }
@@ -297,7 +305,7 @@ mod tests {
             for raw in [false, true] {
                 let mut t = proto(dtype, &[2, 3]);
                 if raw {
-                    t.raw_data = Some(Vec::new());
+                    t.raw_data = Some(Vec::new().into());
                 }
                 write_tensor_data(&mut t, &source).unwrap();
                 assert_eq!(t.raw_data.is_some(), raw, "{dtype} storage kept");
@@ -328,7 +336,7 @@ mod tests {
         let err = tensor_from_proto(&t).unwrap_err().to_string();
         assert!(err.contains("float_data holds 2 values"), "{err}");
         let mut t = proto(DataType::FLOAT, &[3]);
-        t.raw_data = Some(vec![0; 11]);
+        t.raw_data = Some(vec![0; 11].into());
         assert!(tensor_from_proto(&t).is_err());
         let t = proto(DataType::STRING, &[1]);
         let err = tensor_from_proto(&t).unwrap_err().to_string();
