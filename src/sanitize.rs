@@ -117,21 +117,20 @@ pub enum Event<'a> {
     /// Something the user should know (data prepared differently from
     /// training, say).
     Warning(String),
-    /// One outer step of I-BAU is done.
+    /// One step of a round is done: of its perturbation search, or one
+    /// outer step of unlearning (one per clean batch).
     Step {
         round: usize,
         rounds: usize,
-        step: usize,
-        steps_per_round: usize,
+        phase: ibau::Phase,
     },
     /// A round is done (with its ACC/ASR when a test set is given).
     Round(&'a Round),
     /// float16/bfloat16 weights were rounded to their stored precision.
     Rounded { tensors: usize },
-    /// A scan is under way: `(search, step, steps)` as [`crate::scan::Progress`].
+    /// A scan is under way: `step` of its `steps` as [`crate::scan::Progress`].
     Scanning {
         when: ScanWhen,
-        search: usize,
         step: usize,
         steps: usize,
     },
@@ -294,14 +293,7 @@ pub fn sanitize(
             &map,
             &scan_set,
             scan_config,
-            &mut |search, step, steps| {
-                observer.event(Event::Scanning {
-                    when,
-                    search,
-                    step,
-                    steps,
-                })
-            },
+            &mut |step, steps| observer.event(Event::Scanning { when, step, steps }),
         )?;
         let mut verdict = ScanVerdict::from(&result);
         match first.get() {
@@ -405,19 +397,17 @@ fn unlearn(
     // An evaluation error inside the round callback, passed out as itself.
     let mut failure = None;
     let rounds_total = config.ibau.rounds;
-    let steps_per_round = batches.len();
     let result = {
         let observer = std::cell::RefCell::new(&mut *observer);
         ibau::unlearn(
             model,
             batches,
             &config.ibau,
-            &mut |round, step| {
+            &mut |round, phase| {
                 observer.borrow_mut().event(Event::Step {
                     round,
                     rounds: rounds_total,
-                    step,
-                    steps_per_round,
+                    phase,
                 })
             },
             &mut |stats| {

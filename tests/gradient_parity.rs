@@ -211,7 +211,8 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
         ..Config::default()
     };
     let perturbations = &reference.manifest["perturbation"];
-    let delta = perturbation_search(&model, &batches, &config).expect("perturbation search");
+    let delta = perturbation_search(&model, &batches, &config, &mut |_, _| {})
+        .expect("perturbation search");
     cmp.add(
         "perturbation (one pass; reference BN by the ONNX formula)",
         &delta,
@@ -233,8 +234,8 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
             labels: data.labels.narrow(0, 100 * b, 100),
         })
         .collect();
-    let delta_jittered =
-        perturbation_search(&model, &jittered, &config).expect("perturbation search");
+    let delta_jittered = perturbation_search(&model, &jittered, &config, &mut |_, _| {})
+        .expect("perturbation search");
     cmp.add(
         "perturbation (one pass, jittered images)",
         &delta_jittered,
@@ -245,7 +246,8 @@ fn perturbation_and_hypergradient_match_the_pytorch_reference() {
         perturbation_steps: Some(4),
         ..Config::default()
     };
-    let projected = perturbation_search(&model, &jittered, &four).expect("perturbation search");
+    let projected =
+        perturbation_search(&model, &jittered, &four, &mut |_, _| {}).expect("perturbation search");
     let norm = projected.norm().double_value(&[]);
     assert!(
         (norm - config.perturbation_radius).abs() < 1e-9,

@@ -152,8 +152,8 @@ fn torchscript_back_end_agrees_with_the_onnx_export() {
     };
     let mask = Tensor::zeros([100, 1, 1, 1], (Kind::Float, Device::Cpu));
     let _ = mask.narrow(0, 7, 1).fill_(1.0);
-    let delta_ts = perturbation_search(&ts, &batches, &config).unwrap();
-    let delta_onnx = perturbation_search(&onnx, &batches, &config).unwrap();
+    let delta_ts = perturbation_search(&ts, &batches, &config, &mut |_, _| {}).unwrap();
+    let delta_onnx = perturbation_search(&onnx, &batches, &config, &mut |_, _| {}).unwrap();
     let rel = |x: &Tensor, y: &Tensor| {
         (x - y).abs().max().double_value(&[]) / y.abs().max().double_value(&[]).max(1e-12)
     };

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Outcome, PreprocessArgs};
 use ibau::data;
 use ibau::graph::ImportOptions;
-use ibau::ibau::{Config, OptimizerKind, Search};
+use ibau::ibau::{Config, OptimizerKind, Phase, Search};
 use ibau::outputs::{Inputs, OutputPlan};
 use ibau::sanitize::ScanWhen;
 use ibau::{Event, Model, Observer, SanitizeConfig, TestSet};
@@ -63,6 +63,12 @@ pub struct Args {
     /// classes [default: twice --batch-size].
     #[arg(long, value_parser = super::positive_count)]
     pub max_batch: Option<usize>,
+    /// On a model with more than twice this many classes, the targeted
+    /// search (and the scans) first screen every class in six cheap steps
+    /// and search only this many, the easiest to reach (the scans add as
+    /// many random classes as a reference); 0 searches every class.
+    #[arg(long, default_value_t = ibau::ibau::DEFAULT_CANDIDATES)]
+    pub candidates: usize,
     /// Steps of the perturbation search per round (default: one per clean
     /// batch, as the paper; the targeted search takes at least 50, cycling
     /// over the batches).
@@ -215,6 +221,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             lr: args.lr,
             batch_size: args.batch_size as usize,
             max_batch: args.max_batch,
+            candidates: args.candidates,
             perturbation_lr: args.perturbation_lr,
             perturbation_radius: args.radius,
             perturbation_steps: args.perturbation_steps,
@@ -230,6 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         parity_tolerance: args.parity_tolerance,
         scan: (!args.no_scan).then(|| ibau::scan::ScanConfig {
             max_batch: args.max_batch.unwrap_or(2 * args.batch_size as usize) as i64,
+            candidates: args.candidates,
             ..Default::default()
         }),
         until_clean: args.until_clean,
@@ -264,6 +272,9 @@ struct Progress<'a> {
     model: &'a std::path::Path,
     bar: Option<ProgressBar>,
     scan_bar: Option<ProgressBar>,
+    /// Clean batches (outer steps per round) and search steps per round.
+    batches: usize,
+    search_steps: usize,
 }
 
 fn when_text(when: ScanWhen) -> String {
@@ -280,6 +291,8 @@ impl<'a> Progress<'a> {
             model,
             bar: None,
             scan_bar: None,
+            batches: 0,
+            search_steps: 0,
         }
     }
 
@@ -308,6 +321,7 @@ impl Observer for Progress<'_> {
                 logits,
                 batch_note,
             } => {
+                self.batches = batches;
                 eprintln!(
                     "sanitizing {} on {device:?}: {clean_samples} clean samples in {batches} batches, {} trainable tensors ({} elements, {:.1}% of the float weights)",
                     self.model.display(),
@@ -326,11 +340,18 @@ impl Observer for Progress<'_> {
             Event::Step {
                 round,
                 rounds,
-                step,
-                steps_per_round,
+                phase,
             } => {
+                // One bar over every step of every round: the search's
+                // steps (known once it starts) and the outer steps.
+                let (search, outer) = match phase {
+                    Phase::Search { steps, .. } => (steps, self.batches),
+                    Phase::Unlearn { steps, .. } => (self.search_steps, steps),
+                };
+                self.search_steps = search;
+                let per_round = search + outer;
                 let bar = self.bar.get_or_insert_with(|| {
-                    let bar = ProgressBar::new((rounds * steps_per_round) as u64);
+                    let bar = ProgressBar::new((rounds * per_round) as u64);
                     bar.set_style(
                         ProgressStyle::with_template(
                             "{msg} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
@@ -340,8 +361,15 @@ impl Observer for Progress<'_> {
                     );
                     bar
                 });
-                bar.set_message(format!("round {round}/{rounds}"));
-                bar.set_position(((round - 1) * steps_per_round + step) as u64);
+                bar.set_length((rounds * per_round) as u64);
+                let (what, done) = match phase {
+                    Phase::Search { step, steps } => (format!("search {step}/{steps}"), step),
+                    Phase::Unlearn { step, steps } => {
+                        (format!("unlearning {step}/{steps}"), search + step)
+                    }
+                };
+                bar.set_message(format!("round {round}/{rounds}, {what}"));
+                bar.set_position(((round - 1) * per_round + done) as u64);
             }
             Event::Round(round) => {
                 let r = &round.stats;
@@ -372,14 +400,9 @@ impl Observer for Progress<'_> {
             Event::Rounded { tensors } => self.say(format!(
                 "rounded {tensors} trained tensors to their stored precision (float16/bfloat16)"
             )),
-            Event::Scanning {
-                when,
-                search,
-                step,
-                steps,
-            } => {
+            Event::Scanning { when, step, steps } => {
                 let bar = self.scan_bar.get_or_insert_with(|| {
-                    let bar = ProgressBar::new(2 * steps as u64);
+                    let bar = ProgressBar::new(steps as u64);
                     bar.set_style(
                         ProgressStyle::with_template(
                             "{msg} [{bar:30}] {pos}/{len} steps, ETA {eta}",
@@ -390,7 +413,7 @@ impl Observer for Progress<'_> {
                     bar
                 });
                 bar.set_message(format!("scan {}", when_text(when)));
-                bar.set_position((search * steps + step) as u64);
+                bar.set_position(step as u64);
             }
             Event::Scanned { when, verdict } => {
                 if let Some(bar) = self.scan_bar.take() {

@@ -67,6 +67,12 @@ pub struct Args {
     /// number of classes.
     #[arg(long, default_value_t = ScanConfig::default().max_batch as usize, value_parser = super::positive_count)]
     pub max_batch: usize,
+    /// On a model with more than twice this many classes, first screen
+    /// every class in six cheap steps, then search only this many (the
+    /// easiest) plus as many random reference classes; 0 searches every
+    /// class.
+    #[arg(long, default_value_t = ScanConfig::default().candidates)]
+    pub candidates: usize,
     /// Clean images per class in each search step.
     #[arg(long, default_value_t = ScanConfig::default().per_class as usize, value_parser = super::positive_count)]
     pub per_class: usize,
@@ -200,6 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         steps: args.steps,
         max_batch: args.max_batch as i64,
         per_class: args.per_class as i64,
+        candidates: args.candidates,
         seed: args.seed,
         ..Default::default()
     };
@@ -410,16 +417,16 @@ fn scan_one(
         model.external_files(),
         "an external-data file of a scanned model",
     );
-    let bar = ProgressBar::new(2 * config.steps as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, ETA {eta}")
             .expect("a valid template")
             .progress_chars("=> "),
     );
     bar.set_message(format!("scanning {file} ({index}/{total})"));
-    let steps = config.steps as u64;
-    let (result, recovered) = scan::scan(&model, clean, &config, &mut |search, step, _| {
-        bar.set_position(search as u64 * steps + step as u64)
+    let (result, recovered) = scan::scan(&model, clean, &config, &mut |step, steps| {
+        bar.set_length(steps as u64);
+        bar.set_position(step as u64)
     })?;
     bar.finish_and_clear();
     if let Some(dir) = save_triggers {

@@ -21,8 +21,8 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 pub use optim::{Optimizer, OptimizerKind};
 pub use search::{
-    fooled_shares, perturbation_search, project, targeted_search, Search, SearchMemory,
-    TargetedStats,
+    fooled_shares, narrows, perturbation_search, project, screen, screen_steps, targeted_search,
+    Search, SearchMemory, TargetedStats, DEFAULT_CANDIDATES,
 };
 
 /// Errors while training.
@@ -70,6 +70,10 @@ pub struct Config {
     /// go through the model in chunks of at most this many images); `None`
     /// = twice the batch size.
     pub max_batch: Option<usize>,
+    /// On a model with more than twice this many classes, the targeted
+    /// search first screens every class cheaply and searches only this many
+    /// (`0`: always search every class).
+    pub candidates: usize,
     /// SGD learning rate of the perturbation search.
     pub perturbation_lr: f64,
     /// Radius of the L2 ball the perturbation is projected into.
@@ -98,6 +102,7 @@ impl Default for Config {
             lr: 1e-3,
             batch_size: 100,
             max_batch: None,
+            candidates: DEFAULT_CANDIDATES,
             perturbation_lr: 10.0,
             perturbation_radius: 10.0,
             perturbation_steps: None,
@@ -289,14 +294,24 @@ fn perturbed_majority(
     })
 }
 
-/// Runs I-BAU on `model` with the clean batches; `on_step(round, batch)` is
-/// called after each outer step and `on_round` after each round (progress,
-/// evaluation). The first batch is the inner-loss batch, as in the paper.
+/// Which part of a round a step belongs to, for progress: `step` of `steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The perturbation search (the screen's steps included).
+    Search { step: usize, steps: usize },
+    /// The outer steps, one per clean batch.
+    Unlearn { step: usize, steps: usize },
+}
+
+/// Runs I-BAU on `model` with the clean batches; `on_step(round, phase)` is
+/// called after each search step and each outer step, and `on_round` after
+/// each round (progress, evaluation). The first batch is the inner-loss
+/// batch, as in the paper.
 pub fn unlearn(
     model: &dyn Classifier,
     clean: &[Batch],
     config: &Config,
-    on_step: &mut dyn FnMut(usize, usize),
+    on_step: &mut dyn FnMut(usize, Phase),
     on_round: &mut dyn FnMut(&RoundStats) -> Result<std::ops::ControlFlow<()>, TrainError>,
 ) -> Result<Vec<RoundStats>, TrainError> {
     if clean.is_empty() {
@@ -309,9 +324,17 @@ pub fn unlearn(
     for round in 1..=config.rounds {
         let start = std::time::Instant::now();
         let (perturbation, targeted) = match config.search {
-            Search::Paper => (perturbation_search(model, clean, config)?, None),
+            Search::Paper => (
+                perturbation_search(model, clean, config, &mut |step, steps| {
+                    on_step(round, Phase::Search { step, steps })
+                })?,
+                None,
+            ),
             Search::Targeted => {
-                let (delta, found) = targeted_search(model, clean, config, &mut memory)?;
+                let (delta, found) =
+                    targeted_search(model, clean, config, &mut memory, &mut |step, steps| {
+                        on_step(round, Phase::Search { step, steps })
+                    })?;
                 (delta, Some(found))
             }
         };
@@ -321,7 +344,13 @@ pub fn unlearn(
             let mask = poison_mask(&batch.images, config.poison_share)?;
             let grads = hypergradient(model, &perturbation, batch, &mask, &clean[0], config)?;
             optimizer.step(model.parameters(), &grads)?;
-            on_step(round, b + 1);
+            on_step(
+                round,
+                Phase::Unlearn {
+                    step: b + 1,
+                    steps: clean.len(),
+                },
+            );
         }
         let norm = perturbation
             .f_square()?

@@ -42,27 +42,186 @@ const TAIL: usize = 10;
 /// Fewest steps of the targeted search when `--perturbation-steps` is not
 /// given: the radii need about 30 steps to settle from the L2 radius.
 pub const MIN_TARGETED_STEPS: usize = 50;
+/// Classes the targeted search and the scan keep after [`screen`] (and the
+/// random reference classes the scan adds); `--candidates` overrides.
+pub const DEFAULT_CANDIDATES: usize = 10;
+/// Steps of [`screen`]: one image each, shared by every class.
+const SCREEN_STEPS: usize = 6;
+/// Screen steps at the end whose losses rank the classes.
+const SCREEN_SCORED: usize = 3;
+
+/// Steps [`screen`] reports for `classes` classes in chunks of `max_batch`.
+pub fn screen_steps(classes: i64, max_batch: i64) -> usize {
+    (classes.max(0) as usize).div_ceil(max_batch.max(1) as usize) * SCREEN_STEPS
+}
+
+/// Whether a model with `classes` classes is screened first: when it has
+/// more than twice `candidates` (`0` never screens).
+pub fn narrows(classes: i64, candidates: usize) -> bool {
+    candidates > 0 && classes > 2 * candidates as i64
+}
+
+/// The cheap first pass of the searches on a many-class model, in the
+/// spirit of K-Arm's arm pre-screening: every class gets a perturbation,
+/// all of one shared L2 radius `r_t` at step `t`, which takes a normalised
+/// gradient step of `r_t / 2` towards the class on one image per step and
+/// is measured on the next step's image before its own step (so a
+/// perturbation counts only as far as it carries over to an image it was
+/// not made on: a backdoor's trigger does, a sample-specific adversarial
+/// direction does not). The classes are ranked by their mean cross-entropy
+/// over the last [`SCREEN_SCORED`] of [`SCREEN_STEPS`] steps; the `keep`
+/// lowest are returned, easiest first.
+///
+/// The radii: the classes go through in chunks of `max_batch` (one image
+/// each per pass), in a random order (tch's seeded generator). On the first
+/// chunk `r` starts at `radius`, halves after a step that sends more than
+/// half of the chunk's images to their class and doubles (up to `radius`)
+/// after one that sends none, so the comparison happens where classes
+/// differ; every other chunk follows the same radii, so all classes are
+/// compared alike and only one chunk's perturbations are held at a time.
+///
+/// `logits` maps perturbed inputs `[k, ...]` (an image of `images` plus a
+/// perturbation) to class scores; the caller decides the space (model
+/// input, or pixels it maps itself). Cost: `SCREEN_STEPS` passes of one
+/// image per class (all but the last with gradients): memory follows
+/// `max_batch`, time grows linearly with the classes at a small constant.
+/// `progress(step, steps)` counts screen steps over all chunks.
+pub fn screen<E: From<tch::TchError>>(
+    logits: &mut dyn FnMut(&Tensor) -> Result<Tensor, E>,
+    images: &Tensor,
+    classes: i64,
+    keep: usize,
+    radius: f64,
+    max_batch: i64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<i64>, E> {
+    let n = images.size()[0].max(1);
+    let sample = images.size()[1..].to_vec();
+    let (kind, device) = (images.kind(), images.device());
+    let chunk = max_batch.clamp(1, classes.max(1)) as usize;
+    let order = Vec::<i64>::try_from(&Tensor::f_randperm(classes, (Kind::Int64, Device::Cpu))?)?;
+    let chunks = order.len().div_ceil(chunk);
+    let sample_dims: Vec<i64> = (1..=sample.len() as i64).collect();
+    // Each step's image, spread over the pool.
+    let xs: Vec<Tensor> = (0..SCREEN_STEPS as i64)
+        .map(|t| images.f_narrow(0, (t * n / SCREEN_STEPS as i64) % n, 1))
+        .collect::<Result<_, _>>()?;
+    let mut score = vec![0.0f64; classes as usize];
+    let mut schedule: Vec<f64> = Vec::with_capacity(SCREEN_STEPS);
+    for (i, ids) in order.chunks(chunk).enumerate() {
+        let k = ids.len() as i64;
+        let id_tensor = Tensor::f_from_slice(ids)?.f_to_device(device)?;
+        let mut shape = vec![k];
+        shape.extend_from_slice(&sample);
+        let mut d = Tensor::f_zeros(shape.as_slice(), (kind, device))?;
+        let mut r = radius;
+        for (step, x) in xs.iter().enumerate() {
+            if i > 0 {
+                let planned = schedule[step];
+                if planned != r {
+                    d = d.f_mul_scalar(planned / r)?;
+                    r = planned;
+                }
+            }
+            let last = step + 1 == SCREEN_STEPS;
+            let leaf = d.f_detach()?.set_requires_grad(!last);
+            let out = if last {
+                tch::no_grad(|| logits(&x.f_add(&leaf)?))?
+            } else {
+                logits(&x.f_add(&leaf)?)?
+            };
+            let ce = out
+                .f_log_softmax(-1, Kind::Float)?
+                .f_gather(1, &id_tensor.f_view([k, 1])?, false)?
+                .f_neg()?
+                .f_view([k])?;
+            if step + SCREEN_SCORED >= SCREEN_STEPS {
+                let values = Vec::<f64>::try_from(
+                    &ce.f_detach()?
+                        .f_to_kind(Kind::Double)?
+                        .f_to_device(Device::Cpu)?,
+                )?;
+                for (&c, v) in ids.iter().zip(&values) {
+                    score[c as usize] += v;
+                }
+            }
+            if i == 0 {
+                schedule.push(r);
+            }
+            if !last {
+                let grad =
+                    Tensor::f_run_backward(&[&ce.f_sum(Kind::Float)?], &[&leaf], false, false)?
+                        .remove(0);
+                d = tch::no_grad(|| -> Result<Tensor, tch::TchError> {
+                    let g_norm = grad
+                        .f_square()?
+                        .f_sum_dim_intlist(sample_dims.as_slice(), true, kind)?
+                        .f_sqrt()?
+                        .f_clamp_min(1e-12)?;
+                    let moved = leaf.f_sub(&grad.f_div(&g_norm)?.f_mul_scalar(0.5 * r)?)?;
+                    let m_norm = moved
+                        .f_square()?
+                        .f_sum_dim_intlist(sample_dims.as_slice(), true, kind)?
+                        .f_sqrt()?
+                        .f_clamp_min(1e-12)?;
+                    moved.f_mul(&m_norm.f_reciprocal()?.f_mul_scalar(r)?.f_clamp_max(1.0)?)
+                })?;
+            }
+            if i == 0 && !last {
+                // The first chunk sets the radii every other chunk follows.
+                let fooled = out
+                    .f_argmax(-1, false)?
+                    .f_eq_tensor(&id_tensor)?
+                    .f_sum(Kind::Int64)?
+                    .int64_value(&[]);
+                let factor = if 2 * fooled > k {
+                    0.5
+                } else if fooled == 0 {
+                    (radius / r).min(2.0)
+                } else {
+                    1.0
+                };
+                if factor != 1.0 {
+                    r *= factor;
+                    d = d.f_mul_scalar(factor)?;
+                }
+            }
+            progress(i * SCREEN_STEPS + step + 1, chunks * SCREEN_STEPS);
+        }
+    }
+    let mut ranked: Vec<i64> = (0..classes).collect();
+    ranked.sort_by(|&a, &b| score[a as usize].total_cmp(&score[b as usize]));
+    ranked.truncate(keep.max(1));
+    Ok(ranked)
+}
 
 /// What the targeted search found, for reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TargetedStats {
     /// The class whose perturbation the round unlearns.
     pub class: i64,
-    /// Its smallest radius this round, and the median over all classes.
+    /// Its smallest radius this round, and the median over the classes
+    /// searched.
     pub radius: f64,
     pub median_radius: f64,
-    /// Every class's radius this round, by class index.
-    pub radii: Vec<f64>,
+    /// Every class's radius this round, by class index (`null` for a class
+    /// the screen left out).
+    pub radii: Vec<Option<f64>>,
+    /// The classes searched after [`screen`], on a model with many classes
+    /// (`None`: every class was searched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<Vec<i64>>,
 }
 
 /// State carried between rounds by the targeted search: the class chosen in
 /// the first round, on the model as it came (the clearest view of a backdoor:
 /// after a round of unlearning, the target's radius grows towards the
-/// others'). Later rounds search every class again and unlearn a fresh
-/// perturbation of that class.
+/// others'), and the classes searched. Later rounds search those classes
+/// again and unlearn a fresh perturbation of the chosen one.
 #[derive(Debug, Default)]
 pub struct SearchMemory {
-    class: Option<usize>,
+    class: Option<i64>,
+    searched: Option<Vec<i64>>,
 }
 
 /// Step 1 of the paper: the universal perturbation for this round. Starts from
@@ -74,6 +233,7 @@ pub fn perturbation_search(
     model: &dyn Classifier,
     batches: &[Batch],
     config: &Config,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor, TrainError> {
     let first = first_batch(batches)?;
     let mut shape = first.images.size();
@@ -97,6 +257,7 @@ pub fn perturbation_search(
                 .f_sub_(&grad.f_mul_scalar(config.perturbation_lr)?)
                 .map(|_| ())
         })?;
+        progress(step + 1, steps);
     }
     project(&delta.detach(), config.perturbation_radius)
 }
@@ -132,11 +293,18 @@ pub fn project(delta: &Tensor, radius: f64) -> Result<Tensor, TrainError> {
 /// `c` (each class's radius: the mean of the last 10 steps). In the first
 /// round (empty `memory`) the class with the smallest radius is chosen and
 /// remembered; every round returns `delta_c` of the remembered class.
+///
+/// On a model with more than twice `config.candidates` classes, the first
+/// round first runs [`screen`] on the first batch and searches only the
+/// `candidates` classes it keeps (later rounds search the same ones), so a
+/// step costs `200` perturbed images whatever the number of classes.
+/// `progress(step, steps)` is called after every step (screen steps count).
 pub fn targeted_search(
     model: &dyn Classifier,
     batches: &[Batch],
     config: &Config,
     memory: &mut SearchMemory,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor, TargetedStats), TrainError> {
     let first = first_batch(batches)?;
     let device = model.device();
@@ -151,16 +319,48 @@ pub fn targeted_search(
             "the targeted search needs at least 2 classes; the model has {classes} logit(s) (use --search paper)"
         )));
     }
-    let per_class = (IMAGES_PER_STEP / classes).clamp(1, first.images.size()[0]);
+    let max_batch = config.max_batch.unwrap_or(2 * config.batch_size).max(1) as i64;
+    let steps = config
+        .perturbation_steps
+        .unwrap_or(batches.len().max(MIN_TARGETED_STEPS));
+    let screening = memory.searched.is_none() && narrows(classes, config.candidates);
+    let total = steps
+        + if screening {
+            screen_steps(classes, max_batch)
+        } else {
+            0
+        };
+    let searched: Vec<i64> = match &memory.searched {
+        Some(s) => s.clone(),
+        None if screening => {
+            let mut kept = screen(
+                &mut |x: &Tensor| model.logits(x),
+                &first.images,
+                classes,
+                config.candidates,
+                config.perturbation_radius,
+                max_batch,
+                &mut |s, _| progress(s, total),
+            )?;
+            kept.sort_unstable();
+            kept
+        }
+        None => (0..classes).collect(),
+    };
+    memory.searched = Some(searched.clone());
+    let offset = total - steps;
+    let m = searched.len() as i64;
+    let per_class = (IMAGES_PER_STEP / m)
+        .clamp(1, first.images.size()[0])
+        .min(max_batch);
     // Classes per forward pass: at most `max_batch` perturbed images, so
     // memory follows the batch size, not the number of classes.
-    let max_batch = config.max_batch.unwrap_or(2 * config.batch_size).max(1) as i64;
-    let chunk = (max_batch / per_class).clamp(1, classes);
-    let chunks = (classes + chunk - 1) / chunk;
+    let chunk = (max_batch / per_class).clamp(1, m);
+    let chunks = (m + chunk - 1) / chunk;
     let sample = first.images.size()[1..].to_vec();
     let mut delta: Vec<Tensor> = (0..chunks)
         .map(|i| {
-            let mut shape = vec![chunk.min(classes - i * chunk)];
+            let mut shape = vec![chunk.min(m - i * chunk)];
             shape.extend_from_slice(&sample);
             Tensor::f_zeros(shape.as_slice(), (kind, device))
         })
@@ -169,22 +369,19 @@ pub fn targeted_search(
     let sample_dims: Vec<i64> = (1..=sample.len() as i64).collect();
 
     let max_radius = config.perturbation_radius;
-    let mut radius = vec![max_radius; classes as usize];
+    let mut radius = vec![max_radius; m as usize];
     let mut history: Vec<Vec<f64>> = Vec::new();
-    let steps = config
-        .perturbation_steps
-        .unwrap_or(batches.len().max(MIN_TARGETED_STEPS));
     for step in 0..steps {
         let batch = &batches[step % batches.len()];
         let count = per_class.min(batch.images.size()[0]);
         let x = batch.images.f_narrow(0, 0, count)?;
         let clean_prediction = tch::no_grad(|| model.logits(&x))?.f_argmax(-1, false)?;
         for (i, d) in delta.iter_mut().enumerate() {
-            let first_class = i as i64 * chunk;
+            let at = i * chunk as usize;
             let k = d.size()[0];
             let leaf = d.f_detach()?.set_requires_grad(true);
             let class_ids =
-                Tensor::f_arange_start(first_class, first_class + k, (Kind::Int64, device))?;
+                Tensor::f_from_slice(&searched[at..at + k as usize])?.f_to_device(device)?;
             // [k, count, ...] -> [k * count, ...]
             let mut stacked_shape = vec![k * count];
             stacked_shape.extend_from_slice(&x.size()[1..]);
@@ -195,7 +392,7 @@ pub fn targeted_search(
             let logits = model.logits(&perturbed)?;
 
             let fooled = fooled_shares(&logits, &clean_prediction, &class_ids)?;
-            let radii = &mut radius[first_class as usize..(first_class + k) as usize];
+            let radii = &mut radius[at..at + k as usize];
             for (r, share) in radii.iter_mut().zip(&fooled) {
                 *r = (*r * if *share >= FOOLING { SHRINK } else { GROW }).min(max_radius);
             }
@@ -222,35 +419,44 @@ pub fn targeted_search(
             })?;
         }
         history.push(radius.clone());
+        progress(offset + step + 1, total);
     }
 
     let tail = &history[history.len().saturating_sub(TAIL)..];
-    let radii: Vec<f64> = (0..classes as usize)
+    let found: Vec<f64> = (0..m as usize)
         .map(|c| tail.iter().map(|h| h[c]).sum::<f64>() / tail.len().max(1) as f64)
         .collect();
-    let mut sorted = radii.clone();
+    let mut sorted = found.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    let class = match memory.class {
-        Some(class) if class < radii.len() => class,
-        _ => {
-            let class = (0..radii.len())
-                .min_by(|&a, &b| radii[a].total_cmp(&radii[b]))
+    let at = match memory
+        .class
+        .and_then(|c| searched.iter().position(|&s| s == c))
+    {
+        Some(at) => at,
+        None => {
+            let at = (0..found.len())
+                .min_by(|&a, &b| found[a].total_cmp(&found[b]))
                 .unwrap_or(0);
-            memory.class = Some(class);
-            class
+            memory.class = Some(searched[at]);
+            at
         }
     };
-    let chosen = delta[class / chunk as usize]
+    let chosen = delta[at / chunk as usize]
         .detach()
-        .f_narrow(0, class as i64 % chunk, 1)?;
+        .f_narrow(0, at as i64 % chunk, 1)?;
+    let mut radii = vec![None; classes as usize];
+    for (&c, &r) in searched.iter().zip(&found) {
+        radii[c as usize] = Some(r);
+    }
     Ok((
         chosen,
         TargetedStats {
-            class: class as i64,
-            radius: radii[class],
+            class: searched[at],
+            radius: found[at],
             median_radius: median,
             radii,
+            candidates: (m < classes).then(|| searched.clone()),
         },
     ))
 }

@@ -173,6 +173,7 @@ pub(super) mod fixtures {
             statistic: if targets.is_empty() { 1.2 } else { 4.5 },
             threshold: 2.0,
             classes: Vec::new(),
+            screen: None,
             clean_samples: 100,
             seconds: 1.0,
         };

@@ -44,6 +44,10 @@ pub struct ScanConfig {
     pub holdout: f64,
     /// The verdict's threshold on the statistic.
     pub threshold: f64,
+    /// On a model with more than twice this many classes, a screen keeps
+    /// this many candidates and the same number of random reference classes
+    /// is added; only those are searched (`0`: every class).
+    pub candidates: usize,
     pub seed: i64,
 }
 
@@ -56,6 +60,7 @@ impl Default for ScanConfig {
             max_batch: 200,
             holdout: 0.2,
             threshold: DEFAULT_THRESHOLD,
+            candidates: crate::ibau::DEFAULT_CANDIDATES,
             seed: 0,
         }
     }
@@ -109,9 +114,25 @@ pub struct ScanResult {
     /// The largest class score, and the threshold it was compared with.
     pub statistic: f64,
     pub threshold: f64,
+    /// The classes searched (every class of the model, unless `screen`).
     pub classes: Vec<ClassScan>,
+    /// On a many-class model, the classes the screen kept and the random
+    /// reference classes whose medians the scores are measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<Screen>,
     pub clean_samples: usize,
     pub seconds: f64,
+}
+
+/// How a many-class model was narrowed before the searches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Screen {
+    /// The model's number of classes, all of which were screened.
+    pub model_classes: i64,
+    /// The screen's easiest classes, easiest first.
+    pub candidates: Vec<i64>,
+    /// Random other classes searched as the reference.
+    pub reference: Vec<i64>,
 }
 
 /// The recovered triggers of a scan, for pictures and `.npy` files.
@@ -139,7 +160,7 @@ impl Recovered {
         };
         let x = self.images.f_narrow(0, 0, n.min(self.images.size()[0]))?;
         let triggered = found.apply(family, class, &x)?;
-        let (i, j) = ((class / found.chunk) as usize, class % found.chunk);
+        let (i, j) = found.place(class)?;
         let picture = match family {
             Family::Additive => found.delta[i].f_narrow(0, j, 1)?.f_squeeze_dim(0)?,
             Family::Mask => found.mask[i]
@@ -158,8 +179,9 @@ impl Recovered {
     }
 }
 
-/// Progress of a scan: `(search, step, steps)`, search 0 additive, 1 mask.
-pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, usize);
+/// Progress of a scan: `(step, steps)` over all its steps (the screen's,
+/// then the additive search's, then the mask search's).
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
 /// Scans `model` with the clean images `clean`.
 pub fn scan(
@@ -194,6 +216,44 @@ pub fn scan_classifier(
         );
     }
     let split = Split::new(clean, config.holdout, map.device)?;
+    let narrows = crate::ibau::narrows(classes, config.candidates);
+    let screen_steps = if narrows {
+        crate::ibau::screen_steps(classes, config.max_batch)
+    } else {
+        0
+    };
+    let total = screen_steps + 2 * config.steps;
+    let screen = if narrows {
+        Some(screen(
+            classifier,
+            map,
+            &split.search,
+            classes,
+            config,
+            &mut |s, _| progress(s, total),
+        )?)
+    } else {
+        None
+    };
+    let searched: Vec<i64> = match &screen {
+        Some(s) => {
+            let mut v: Vec<i64> = s.candidates.iter().chain(&s.reference).copied().collect();
+            v.sort_unstable();
+            v
+        }
+        None => (0..classes).collect(),
+    };
+    // The medians the scores compare with: of the reference classes after a
+    // screen (the candidates are the easiest by construction), else of all.
+    let reference: Vec<usize> = match &screen {
+        Some(s) => searched
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| s.reference.contains(c))
+            .map(|(i, _)| i)
+            .collect(),
+        None => (0..searched.len()).collect(),
+    };
     let settings = SearchSettings {
         steps: config.steps,
         per_class: config.per_class,
@@ -202,22 +262,33 @@ pub fn scan_classifier(
         fixed: None,
     };
     let mut run = |family: Family, index: usize| {
-        split.run(classifier, map, classes, family, &settings, &mut |s, t| {
-            progress(index, s, t)
-        })
+        split.run(
+            classifier,
+            map,
+            &searched,
+            family,
+            &settings,
+            &mut |s, _| progress(screen_steps + index * settings.steps + s, total),
+        )
     };
     let (additive, radius_transfer) = run(Family::Additive, 0)?;
     let (mask, mask_transfer) = run(Family::Mask, 1)?;
-    let scores = rule::scores(&additive.budgets, &mask.budgets);
-    let (mr, mm) = (rule::median(&additive.budgets), rule::median(&mask.budgets));
-    let class_scans: Vec<ClassScan> = (0..classes as usize)
-        .map(|c| ClassScan {
+    let scores = rule::scores(&additive.budgets, &mask.budgets, &reference);
+    let pick = |v: &[f64]| reference.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+    let (mr, mm) = (
+        rule::median(&pick(&additive.budgets)),
+        rule::median(&pick(&mask.budgets)),
+    );
+    let class_scans: Vec<ClassScan> = searched
+        .iter()
+        .enumerate()
+        .map(|(c, &class)| ClassScan {
             form: if mr / additive.budgets[c] >= mm / mask.budgets[c] {
                 Family::Additive
             } else {
                 Family::Mask
             },
-            class: c as i64,
+            class,
             radius: additive.budgets[c],
             mask: mask.budgets[c],
             radius_transfer: radius_transfer[c].share,
@@ -247,6 +318,7 @@ pub fn scan_classifier(
         statistic,
         threshold: config.threshold,
         classes: class_scans,
+        screen,
         clean_samples: clean.len(),
         seconds: start.elapsed().as_secs_f64(),
     };
@@ -258,6 +330,47 @@ pub fn scan_classifier(
             mask,
         },
     ))
+}
+
+/// The screen of a many-class model ([`crate::ibau::screen`], additive, in
+/// pixels): its `candidates` easiest classes, and as many others drawn at
+/// random (seeded) as the reference.
+fn screen(
+    classifier: &dyn Classifier,
+    map: &InputMap,
+    images: &Tensor,
+    classes: i64,
+    config: &ScanConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Screen> {
+    let sample = images.size()[1..].iter().product::<i64>() as f64;
+    let candidates = crate::ibau::screen(
+        &mut |x: &Tensor| -> Result<Tensor> {
+            Ok(classifier.logits(&map.apply(&x.f_clamp(0.0, 1.0)?)?)?)
+        },
+        images,
+        classes,
+        config.candidates,
+        // The additive search's largest budget: every pixel's full swing.
+        sample.sqrt(),
+        config.max_batch,
+        progress,
+    )?;
+    tch::manual_seed(config.seed);
+    let order = Vec::<i64>::try_from(&Tensor::f_randperm(
+        classes,
+        (tch::Kind::Int64, Device::Cpu),
+    )?)?;
+    let reference: Vec<i64> = order
+        .into_iter()
+        .filter(|c| !candidates.contains(c))
+        .take(config.candidates)
+        .collect();
+    Ok(Screen {
+        model_classes: classes,
+        candidates,
+        reference,
+    })
 }
 
 /// What is left of the backdoor `before` found: for each of its targets,
@@ -278,8 +391,8 @@ pub fn residual(
         return Ok(Vec::new());
     }
     let split = Split::new(clean, config.holdout, map.device)?;
-    let classes = before.classes.len() as i64;
-    let mut shares = vec![0.0f64; classes as usize];
+    let searched: Vec<i64> = before.classes.iter().map(|c| c.class).collect();
+    let mut shares = vec![0.0f64; searched.len()];
     for family in [Family::Additive, Family::Mask] {
         let fixed: Vec<f64> = before
             .classes
@@ -296,8 +409,14 @@ pub fn residual(
             seed: config.seed,
             fixed: Some(fixed),
         };
-        let (_, transfer) =
-            split.run(classifier, map, classes, family, &settings, &mut |_, _| {})?;
+        let (_, transfer) = split.run(
+            classifier,
+            map,
+            &searched,
+            family,
+            &settings,
+            &mut |_, _| {},
+        )?;
         for (s, t) in shares.iter_mut().zip(&transfer) {
             *s = s.max(t.share);
         }
@@ -305,7 +424,10 @@ pub fn residual(
     Ok(before
         .targets
         .iter()
-        .map(|&t| (t, shares[t as usize]))
+        .filter_map(|&t| {
+            let at = searched.iter().position(|&c| c == t)?;
+            Some((t, shares[at]))
+        })
         .collect())
 }
 
@@ -336,7 +458,7 @@ impl Split {
         &self,
         classifier: &dyn Classifier,
         map: &InputMap,
-        classes: i64,
+        searched: &[i64],
         family: Family,
         settings: &SearchSettings,
         progress: &mut dyn FnMut(usize, usize),
@@ -345,7 +467,7 @@ impl Split {
             classifier,
             map,
             &self.search,
-            classes,
+            searched,
             family,
             settings,
             progress,
@@ -369,9 +491,12 @@ pub mod rule {
     /// its smallest triggers are, the geometric mean over the two forms
     /// (`sqrt(median(r) / r_c * median(m) / m_c)`). A backdoor's target is
     /// easy to reach in both forms; a class that is naturally easy (a bag's
-    /// outline) in one at most.
-    pub fn scores(radii: &[f64], masks: &[f64]) -> Vec<f64> {
-        let (mr, mm) = (median(radii), median(masks));
+    /// outline) in one at most. The medians are over the classes at the
+    /// indices `reference` (all of them, or a random reference after a
+    /// screen).
+    pub fn scores(radii: &[f64], masks: &[f64], reference: &[usize]) -> Vec<f64> {
+        let pick = |v: &[f64]| reference.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+        let (mr, mm) = (median(&pick(radii)), median(&pick(masks)));
         radii
             .iter()
             .zip(masks)

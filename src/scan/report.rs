@@ -59,6 +59,10 @@ pub struct ModelEntry {
     /// Per-class measurements (empty on error).
     #[serde(default)]
     pub classes: Vec<ClassScan>,
+    /// A many-class model's screen: the candidates and reference classes
+    /// searched (absent when every class was).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub screen: Option<super::Screen>,
     /// The clean data used, `PATH[A:B]`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub clean: Option<String>,
@@ -84,6 +88,7 @@ impl ModelEntry {
             statistic: Some(result.statistic),
             threshold: Some(result.threshold),
             classes: result.classes,
+            screen: result.screen,
             clean: Some(clean),
             clean_samples: result.clean_samples,
             seconds: result.seconds,
@@ -102,6 +107,7 @@ impl ModelEntry {
             statistic: None,
             threshold: None,
             classes: Vec::new(),
+            screen: None,
             clean: None,
             clean_samples: 0,
             seconds,

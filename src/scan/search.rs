@@ -39,9 +39,11 @@ pub enum Family {
     Mask,
 }
 
-/// What a search found for every class.
+/// What a search found for every class it searched.
 pub struct Found {
-    /// The per-class budget (L2 radius or mask L1 size), by class index.
+    /// The classes searched, in order (every class, or those a screen kept).
+    pub classes: Vec<i64>,
+    /// The per-class budget (L2 radius or mask L1 size), as `classes`.
     pub budgets: Vec<f64>,
     /// The perturbed image of every class is `apply(class, x)`: the additive
     /// `delta` `[classes, C, H, W]`, or the mask `[classes, 1, H, W]` and
@@ -54,11 +56,18 @@ pub struct Found {
 }
 
 impl Found {
+    /// Where `class` is in `classes`, as (chunk, row in the chunk).
+    pub fn place(&self, class: i64) -> Result<(usize, i64)> {
+        let Some(at) = self.classes.iter().position(|&c| c == class) else {
+            crate::error::bail!("class {class} was not searched");
+        };
+        Ok((at / self.chunk as usize, at as i64 % self.chunk))
+    }
+
     /// `x` `[N, C, H, W]` with class `class`'s trigger applied, clamped to
     /// `[0, 1]`.
     pub fn apply(&self, family: Family, class: i64, x: &Tensor) -> Result<Tensor> {
-        let (i, j) = (class / self.chunk, class % self.chunk);
-        let i = i as usize;
+        let (i, j) = self.place(class)?;
         let out = match family {
             Family::Additive => x.f_add(&self.delta[i].f_narrow(0, j, 1)?)?,
             Family::Mask => {
@@ -80,20 +89,20 @@ pub struct SearchSettings {
     /// Perturbed images per forward pass.
     pub max_batch: i64,
     pub seed: i64,
-    /// Keep each class's budget at these values instead of adapting it
-    /// (the residual check: what a trigger of the size found before still
-    /// does).
+    /// Keep each class's budget at these values (as the classes searched)
+    /// instead of adapting it (the residual check: what a trigger of the
+    /// size found before still does).
     pub fixed: Option<Vec<f64>>,
 }
 
-/// Runs the `family` search for every class of `model` on `images`
+/// Runs the `family` search for each class of `searched` on `images`
 /// (`[N, C, H, W]` in `[0, 1]`, on the model's device); `progress` is called
 /// after every step with `(step, steps)`.
 pub fn search(
     model: &dyn Classifier,
     map: &InputMap,
     images: &Tensor,
-    classes: i64,
+    searched: &[i64],
     family: Family,
     settings: &SearchSettings,
     progress: &mut dyn FnMut(usize, usize),
@@ -101,8 +110,12 @@ pub fn search(
     let device = images.device();
     let size = images.size();
     let (n, sample) = (size[0], &size[1..]);
-    let per_class = settings.per_class.clamp(1, n);
-    let chunk = (settings.max_batch / per_class).clamp(1, classes);
+    let classes = searched.len() as i64;
+    let per_class = settings
+        .per_class
+        .clamp(1, n)
+        .min(settings.max_batch.max(1));
+    let chunk = (settings.max_batch / per_class).clamp(1, classes.max(1));
     let chunks = (classes + chunk - 1) / chunk;
     let pixels = (sample[1] * sample[2]) as f64;
     // Budgets start where any class is reachable: the L2 norm of a full
@@ -157,7 +170,8 @@ pub fn search(
         for i in 0..chunks {
             let first = i * chunk;
             let k = chunk.min(classes - first);
-            let ids = Tensor::f_arange_start(first, first + k, (Kind::Int64, device))?;
+            let ids = Tensor::f_from_slice(&searched[first as usize..(first + k) as usize])?
+                .f_to_device(device)?;
             let leaves: Vec<Tensor> = match family {
                 Family::Additive => vec![delta[i as usize].f_detach()?.set_requires_grad(true)],
                 Family::Mask => vec![
@@ -237,6 +251,7 @@ pub fn search(
         .map(|c| tail.iter().map(|h| h[c]).sum::<f64>() / tail.len().max(1) as f64)
         .collect();
     Ok(Found {
+        classes: searched.to_vec(),
         budgets,
         delta,
         mask,
@@ -271,7 +286,8 @@ pub struct Transfer {
     pub worst_source: f64,
 }
 
-/// [`Transfer`] of every class's trigger (chunks of at most `max_batch`).
+/// [`Transfer`] of every searched class's trigger, as `found.classes`
+/// (chunks of at most `max_batch`).
 pub fn transfer(
     model: &dyn Classifier,
     map: &InputMap,
@@ -281,13 +297,15 @@ pub fn transfer(
     family: Family,
     max_batch: i64,
 ) -> Result<Vec<Transfer>> {
-    let classes = found.budgets.len() as i64;
     let n = images.size()[0];
     let (clean, _) = predict_with_probabilities(model, map, images, max_batch)?;
     let labels = Vec::<i64>::try_from(&labels.f_to_device(Device::Cpu)?)?;
     let clean = Vec::<i64>::try_from(&clean.f_to_device(Device::Cpu)?)?;
-    let mut out = Vec::with_capacity(classes as usize);
-    for c in 0..classes {
+    let mut sources = labels.clone();
+    sources.sort_unstable();
+    sources.dedup();
+    let mut out = Vec::with_capacity(found.classes.len());
+    for &c in &found.classes {
         let eligible: Vec<usize> = (0..n as usize).filter(|&i| clean[i] != c).collect();
         if eligible.is_empty() {
             out.push(Transfer::default());
@@ -305,7 +323,7 @@ pub fn transfer(
         let hits = eligible.iter().filter(|&&i| predicted[i] == c).count();
         let confidence = eligible.iter().map(|&i| p_c[i]).sum::<f64>() / eligible.len() as f64;
         let mut worst: f64 = 1.0;
-        for source in 0..classes {
+        for &source in &sources {
             let members: Vec<usize> = eligible
                 .iter()
                 .copied()
