@@ -20,8 +20,10 @@ pub struct Args {
     #[arg(long, value_name = "A:B")]
     pub range: Option<String>,
     /// Trigger to measure the attack success rate with:
-    /// `patch:size=S,value=V,row=R,col=C`, `blend:pattern=FILE.npy,alpha=A`
-    /// or `mask:pattern=FILE,mask=FILE`.
+    /// `patch:size=S,value=V,row=R,col=C`, `blend:pattern=FILE.npy,alpha=A`,
+    /// `mask:pattern=FILE,mask=FILE`, `additive:pattern=FILE,scale=S`
+    /// (`clamp(x + S P, 0, 1)`) or `warp:grid=FILE.npy` (`grid_sample`,
+    /// bilinear, border, corners aligned).
     #[arg(long, requires = "target")]
     pub trigger: Option<String>,
     /// The attack's target label.
