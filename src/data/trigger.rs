@@ -23,6 +23,9 @@
 //! They are read when the trigger is parsed, and values that are not finite
 //! are refused (masks and grids must also lie in their range). A one-channel
 //! pattern or mask applies to every channel.
+//!
+//! An [`Attack`] pairs a trigger with its [`Target`]: one class (all-to-one)
+//! or `next` (all-to-all: label `y` to `(y + 1) mod classes`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -126,6 +129,102 @@ impl fmt::Display for Trigger {
             ),
             Trigger::Warp { grid_file, .. } => write!(f, "warp:grid={}", grid_file.display()),
         }
+    }
+}
+
+/// Where an attack sends a triggered sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// All-to-one: every triggered sample to this class; its success rate
+    /// counts the samples of the other labels.
+    Class(i64),
+    /// All-to-all: a sample of label `y` to `(y + 1) mod classes`; its
+    /// success rate counts every sample.
+    Next,
+}
+
+impl Target {
+    /// The class the attack aims each sample of `labels` (int64 `[N]`) at,
+    /// for a model of `classes` classes.
+    pub fn aimed(&self, labels: &Tensor, classes: i64) -> Result<Tensor, DataError> {
+        let ctx = "the attack's target labels";
+        match *self {
+            Target::Class(t) => torch(ctx, labels.f_full_like(t)),
+            Target::Next => torch(
+                ctx,
+                labels.f_add_scalar(1).and_then(|l| l.f_remainder(classes)),
+            ),
+        }
+    }
+}
+
+/// A class number, or `next`.
+impl FromStr for Target {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        let v = s.trim();
+        if v.eq_ignore_ascii_case("next") {
+            return Ok(Target::Next);
+        }
+        v.parse::<i64>()
+            .map(Target::Class)
+            .map_err(|_| DataError::Target {
+                value: s.to_string(),
+            })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Class(t) => write!(f, "{t}"),
+            Target::Next => f.write_str("next"),
+        }
+    }
+}
+
+/// A class as a JSON number, `next` as the string `"next"`.
+impl serde::Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Target::Class(t) => s.serialize_i64(t),
+            Target::Next => s.serialize_str("next"),
+        }
+    }
+}
+
+/// A trigger and the target its success is measured against.
+#[derive(Debug)]
+pub struct Attack {
+    pub trigger: Trigger,
+    pub target: Target,
+}
+
+impl Attack {
+    /// Pairs trigger specifications with targets in order (`--trigger A
+    /// --target 3 --trigger B --target next`). The counts are checked before
+    /// any trigger file is read.
+    pub fn pair<S: AsRef<str>>(
+        triggers: &[S],
+        targets: &[Target],
+    ) -> Result<Vec<Attack>, DataError> {
+        if triggers.len() != targets.len() {
+            return Err(DataError::AttackPairs {
+                triggers: triggers.len(),
+                targets: targets.len(),
+            });
+        }
+        triggers
+            .iter()
+            .zip(targets)
+            .map(|(spec, &target)| {
+                Ok(Attack {
+                    trigger: spec.as_ref().parse()?,
+                    target,
+                })
+            })
+            .collect()
     }
 }
 
@@ -365,9 +464,11 @@ fn load_grid(spec: &str, path: &Path) -> Result<Tensor, DataError> {
     let shape = arr.shape;
     let (h, w) = match shape.as_slice() {
         [h, w, 2] | [1, h, w, 2] => (*h as i64, *w as i64),
-        _ => return Err(bad(format!(
+        _ => {
+            return Err(bad(format!(
             "has shape {shape:?}; expected [H, W, 2] or [1, H, W, 2] (x, y sampling coordinates)"
-        ))),
+        )))
+        }
     };
     let super::RawImages::F32(values) = arr.raw else {
         return Err(bad(
@@ -884,5 +985,66 @@ mod tests {
         assert!(e.contains("`grid`"), "{e}");
         assert!(err("warp:").contains("`grid` is missing"));
         assert!(err("warp:grid=g.npy,scale=2").contains("unknown key `scale`"));
+    }
+
+    #[test]
+    fn targets_parse_and_aim() {
+        assert_eq!("3".parse::<Target>().unwrap(), Target::Class(3));
+        assert_eq!(" next ".parse::<Target>().unwrap(), Target::Next);
+        assert_eq!("NEXT".parse::<Target>().unwrap(), Target::Next);
+        // Negative classes parse; the class check refuses them with the model.
+        assert_eq!("-1".parse::<Target>().unwrap(), Target::Class(-1));
+        for bad in ["prev", "", "3.5", "next1"] {
+            let e = bad.parse::<Target>().unwrap_err().to_string();
+            assert!(e.contains("a class number or `next`"), "{e}");
+        }
+        assert_eq!(Target::Next.to_string(), "next");
+        assert_eq!(serde_json::to_string(&Target::Class(7)).unwrap(), "7");
+        assert_eq!(serde_json::to_string(&Target::Next).unwrap(), "\"next\"");
+
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 9]);
+        let aimed = |t: Target| Vec::<i64>::try_from(t.aimed(&labels, 10).unwrap()).unwrap();
+        assert_eq!(aimed(Target::Next), vec![1, 2, 3, 0]);
+        assert_eq!(aimed(Target::Class(4)), vec![4; 4]);
+    }
+
+    #[test]
+    fn attacks_pair_in_order_and_counts_must_match() {
+        let patch = "patch:size=2,row=0,col=0";
+        let attacks = Attack::pair(
+            &[patch, "patch:size=1,row=-1,col=-1"],
+            &[Target::Class(3), Target::Next],
+        )
+        .unwrap();
+        assert_eq!(attacks.len(), 2);
+        assert_eq!(
+            attacks[0].trigger.to_string(),
+            "patch:size=2,value=1,row=0,col=0"
+        );
+        assert_eq!(attacks[0].target, Target::Class(3));
+        assert_eq!(attacks[1].target, Target::Next);
+        assert!(Attack::pair::<&str>(&[], &[]).unwrap().is_empty());
+
+        // The counts are checked before any file is read.
+        let e = Attack::pair(
+            &["warp:grid=/nonexistent.npy"],
+            &[Target::Class(1), Target::Next],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("1 --trigger and 2 --target given"), "{e}");
+        let e = Attack::pair(&[patch, patch], &[Target::Next]).unwrap_err();
+        assert!(matches!(
+            e,
+            DataError::AttackPairs {
+                triggers: 2,
+                targets: 1
+            }
+        ));
+        // A bad trigger among good ones is named.
+        let e = Attack::pair(&[patch, "patch:size=x"], &[Target::Next, Target::Next])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("patch:size=x"), "{e}");
     }
 }
