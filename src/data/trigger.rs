@@ -411,12 +411,39 @@ impl FromStr for Trigger {
     }
 }
 
+/// Opens a trigger file, refusing anything but a regular file (a FIFO
+/// would block, a device never end), checked on the open file. The readers
+/// then bound what they read by the file's size and the memory budget.
+fn open_regular(path: &Path) -> Result<std::fs::File, DataError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that a FIFO is refused below instead of waited on.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| DataError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(DataError::format(
+            path,
+            "not a regular file (a FIFO, a device or a folder)",
+        ));
+    }
+    Ok(file)
+}
+
 /// Reads a pattern or mask file into float `[C, H, W]`.
 fn load_pattern(spec: &str, key: &str, path: &Path) -> Result<Tensor, DataError> {
+    use std::io::Read;
     let wrap = |e: DataError| trigger_err(spec, format!("`{key}`: {e}"));
-    let is_npy = std::fs::read(path)
-        .map_err(|e| wrap(DataError::io(path, e)))?
-        .starts_with(b"\x93NUMPY");
+    // The first bytes tell `.npy` from an image.
+    let mut magic = Vec::with_capacity(6);
+    open_regular(path)
+        .map_err(wrap)?
+        .take(6)
+        .read_to_end(&mut magic)
+        .map_err(|e| wrap(DataError::io(path, e)))?;
+    let is_npy = magic == b"\x93NUMPY";
     let t = if is_npy {
         let arr = npy::read_npy_image(path).map_err(wrap)?;
         let s = arr.shape.clone();
@@ -458,6 +485,7 @@ fn load_pattern(spec: &str, key: &str, path: &Path) -> Result<Tensor, DataError>
 /// with coordinates in `[-1, 1]`, as float32 `[1, H, W, 2]`.
 fn load_grid(spec: &str, path: &Path) -> Result<Tensor, DataError> {
     let wrap = |e: DataError| trigger_err(spec, format!("`grid`: {e}"));
+    open_regular(path).map_err(wrap)?;
     let arr = npy::read_npy_image(path).map_err(wrap)?;
     let bad =
         |reason: String| trigger_err(spec, format!("`grid` file `{}` {reason}", path.display()));
@@ -1046,5 +1074,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("patch:size=x"), "{e}");
+    }
+
+    /// A FIFO (or a folder) given as a trigger file is refused, never
+    /// waited on.
+    #[test]
+    fn trigger_files_must_be_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.npy");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        for (kind, key, extra) in [
+            ("blend", "pattern", ",alpha=0.1"),
+            ("additive", "pattern", ""),
+            ("warp", "grid", ""),
+        ] {
+            for path in [fifo.as_path(), dir.path()] {
+                let e = err(&spec_with(kind, key, path, extra));
+                assert!(
+                    e.contains("not a regular file") && e.contains(path.to_str().unwrap()),
+                    "{e}"
+                );
+            }
+        }
     }
 }
