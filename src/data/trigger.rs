@@ -361,6 +361,7 @@ impl FromStr for Trigger {
                 let alpha = p.unit("alpha", None)?;
                 let pattern_file = p.file("pattern")?;
                 let pattern = load_pattern(spec, "pattern", &pattern_file)?;
+                check_values(spec, "pattern", &pattern_file, &pattern, None, "a pattern")?;
                 Ok(Trigger::Blend {
                     pattern,
                     alpha,
@@ -373,6 +374,7 @@ impl FromStr for Trigger {
                 let mask_file = p.file("mask")?;
                 let pattern = load_pattern(spec, "pattern", &pattern_file)?;
                 let mask = load_pattern(spec, "mask", &mask_file)?;
+                check_values(spec, "pattern", &pattern_file, &pattern, None, "a pattern")?;
                 check_values(spec, "mask", &mask_file, &mask, Some((0.0, 1.0)), "a mask")?;
                 Ok(Trigger::Mask {
                     pattern,
@@ -792,6 +794,17 @@ mod tests {
             bad.display()
         ));
         assert!(e.contains("bad.npy") && e.contains("[0, 1]"), "{e}");
+
+        // Patterns holding NaN are refused for blend and mask alike.
+        let nan = dir.path().join("nan.npy");
+        ndarray_npy::write_npy(&nan, &Array2::<f32>::from_elem((2, 2), f32::NAN)).unwrap();
+        for spec in [
+            format!("blend:pattern={},alpha=0.1", nan.display()),
+            format!("mask:pattern={},mask={}", nan.display(), mask.display()),
+        ] {
+            let e = err(&spec);
+            assert!(e.contains("nan.npy") && e.contains("not finite"), "{e}");
+        }
     }
 
     /// A spec for `kind` with `key` pointing at `file`, plus `extra`.
