@@ -21,7 +21,7 @@ pub mod torchscript;
 pub mod verify;
 
 pub use error::{Error, Result};
-pub use evaluate::{evaluate, Metrics, TestSet};
+pub use evaluate::{evaluate, AttackMetrics, Metrics, TestSet};
 pub use model::{InputMap, Model, Preprocess};
 pub use sanitize::{sanitize, Event, Observer, SanitizeConfig};
 pub use verify::verify;

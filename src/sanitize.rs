@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::error::{bail, Error, Result};
-use crate::evaluate::{self, Metrics, TestSet};
+use crate::evaluate::{self, AttackMetrics, Metrics, TestSet};
 use crate::ibau::{self, Batch, Classifier, Config, RoundStats};
 use crate::model::{GraphClassifier, InputMap, LogitsSource, Model, Preprocess, TrainableShare};
 use crate::outputs::OutputPlan;
@@ -31,7 +31,8 @@ pub struct SanitizeConfig {
     /// Measure ACC (and ASR with a trigger) before, after every round and
     /// after.
     pub test: Option<TestSet>,
-    /// Stop once a round ends with the measured ASR below this share.
+    /// Stop once a round ends with the measured ASR (the highest over the
+    /// test set's attacks) below this share.
     pub stop_below_asr: Option<f64>,
     /// Tolerance of the parity gate; `None` = what suits the precision.
     pub parity_tolerance: Option<f64>,
@@ -195,13 +196,15 @@ pub struct Trainable {
 }
 
 /// One round in the report: what I-BAU did (its fields inline in the JSON)
-/// and the ACC/ASR measured after it (`null` without a test set).
+/// and the ACC/ASR measured after it (`null` without a test set; `asr` is
+/// the highest of `attacks`, one per trigger/target pair).
 #[derive(Debug, Serialize)]
 pub struct Round {
     #[serde(flatten)]
     pub stats: RoundStats,
     pub acc: Option<f64>,
     pub asr: Option<f64>,
+    pub attacks: Vec<AttackMetrics>,
     /// The scan of the weights after this round (`--until-clean` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan: Option<ScanVerdict>,
@@ -253,10 +256,10 @@ pub fn sanitize(
         }
     }
     let classifier = model.classifier();
-    evaluate::check_classes(classifier, &map, clean, None, "--clean")?;
+    evaluate::check_classes(classifier, &map, clean, &[], "--clean")?;
     if let Some(test) = &config.test {
-        let target = test.trigger.as_ref().map(|(_, t)| *t);
-        evaluate::check_classes(classifier, &map, &test.data, target, "--test")?;
+        let targets: Vec<_> = test.attacks.iter().map(|a| a.target).collect();
+        evaluate::check_classes(classifier, &map, &test.data, &targets, "--test")?;
     }
     let logits = model.logits_source();
     let trainable = model.trainable();
@@ -323,6 +326,7 @@ pub fn sanitize(
         .map(|(r, t)| Metrics {
             acc: r.acc.unwrap_or(0.0),
             asr: r.asr,
+            attacks: r.attacks.clone(),
             samples: t.data.len(),
         });
     // Weights stored in float16/bfloat16 were trained as float32 master
@@ -430,19 +434,25 @@ fn unlearn(
                     }
                 };
                 let clean = verdict.as_ref().is_some_and(ScanVerdict::gone);
+                let (acc, asr, attacks) = match metrics {
+                    Some(m) => (Some(m.acc), m.asr, m.attacks),
+                    None => (None, None, Vec::new()),
+                };
+                // The highest ASR of the pairs: every attack must be below.
+                let done = clean
+                    || config
+                        .stop_below_asr
+                        .zip(asr)
+                        .is_some_and(|(limit, asr)| asr < limit);
                 let round = Round {
                     stats: stats.clone(),
-                    acc: metrics.map(|m| m.acc),
-                    asr: metrics.and_then(|m| m.asr),
+                    acc,
+                    asr,
+                    attacks,
                     scan: verdict,
                 };
                 observer.borrow_mut().event(Event::Round(&round));
                 rounds.push(round);
-                let done = clean
-                    || config
-                        .stop_below_asr
-                        .zip(metrics.and_then(|m| m.asr))
-                        .is_some_and(|(limit, asr)| asr < limit);
                 Ok(if done {
                     std::ops::ControlFlow::Break(())
                 } else {

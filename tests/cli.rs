@@ -320,24 +320,85 @@ fn bad_options_exit_2() {
     assert_error(&out, "tpu");
 }
 
+/// `ibau eval MODEL` on the Fashion-MNIST test images `range`, with `extra`
+/// options.
+fn eval_fashion(model: &Path, range: &str, extra: &[&str]) -> std::process::Output {
+    let fashion = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+    let mut args = vec!["eval", path_str(model), "--data", fashion, "--range", range];
+    args.extend_from_slice(extra);
+    ibau(&args)
+}
+
+/// Several trigger/target pairs in one `eval`, one of them all-to-all
+/// (`--target next`): one `attacks` entry per pair, in order, and `asr` the
+/// highest. The VGG BadNets fixture (models/fixtures.json: the patch, target
+/// 0) against an identity warp, which leaves the images as they are, so
+/// only the few samples the model already puts in the next class count.
+#[test]
+fn eval_measures_several_attacks_and_next() {
+    let model = common::fixture("vgg_badnets_legacy.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let identity = |n: usize| {
+        let coord = |i: usize| -1.0 + 2.0 * i as f32 / (n - 1) as f32;
+        ndarray::Array3::from_shape_fn((n, n, 2), |(i, j, k)| coord(if k == 0 { j } else { i }))
+    };
+    let grid = dir.path().join("identity.npy");
+    ndarray_npy::write_npy(&grid, &identity(28)).unwrap();
+    let warp = format!("warp:grid={}", path_str(&grid));
+    let patch = "patch:size=3,value=1,row=24,col=24";
+    let eval = |attacks: &[&str]| eval_fashion(&model, "5000:5500", attacks);
+    let out = eval(&[
+        "--trigger",
+        patch,
+        "--target",
+        "0",
+        "--trigger",
+        &warp,
+        "--target",
+        "next",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["samples"], 500);
+    assert!(json["acc"].as_f64().unwrap() > 0.8, "{json}");
+    let attacks = json["attacks"].as_array().unwrap();
+    assert_eq!(attacks.len(), 2, "{json}");
+    assert_eq!(attacks[0]["trigger"], patch);
+    assert_eq!(attacks[0]["target"], 0);
+    assert_eq!(attacks[1]["trigger"], warp.as_str());
+    assert_eq!(attacks[1]["target"], "next");
+    let (badnets, warped) = (
+        attacks[0]["asr"].as_f64().unwrap(),
+        attacks[1]["asr"].as_f64().unwrap(),
+    );
+    assert!(badnets > 0.95 && warped < 0.1, "{json}");
+    assert_eq!(json["asr"].as_f64(), Some(badnets));
+
+    // Counts that do not pair, and a grid of another size, are one-line
+    // errors naming the options or the file.
+    let out = eval(&["--trigger", patch, "--target", "0", "--trigger", &warp]);
+    assert_error(&out, "2 --trigger and 1 --target");
+    let small = dir.path().join("small.npy");
+    ndarray_npy::write_npy(&small, &identity(8)).unwrap();
+    let out = eval(&[
+        "--trigger",
+        &format!("warp:grid={}", path_str(&small)),
+        "--target",
+        "next",
+    ]);
+    assert_error(&out, "small.npy");
+    assert!(stderr(&out).contains("[1, 8, 8, 2]"), "{}", stderr(&out));
+}
+
 /// Data prepared differently from training (here a normalisation the model
 /// never saw) gets a warning that names the options to check; data prepared
 /// right gets none.
 #[test]
 fn low_clean_accuracy_warns_about_preprocessing() {
-    let fashion = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
     let model = common::fixture("jax_mlp.onnx");
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            path_str(&model),
-            "--data",
-            fashion,
-            "--range",
-            "0:300",
-        ];
-        args.extend_from_slice(extra);
-        let out = ibau(&args);
+        let out = eval_fashion(&model, "0:300", extra);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         stderr(&out)
     };

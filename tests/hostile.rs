@@ -253,6 +253,39 @@ fn outputs_never_overwrite_the_input_its_external_data_or_data_files() {
     assert_eq!(snapshot(dir.path()), before, "the folder changed");
 }
 
+/// Trigger files are inputs too, those of every --trigger/--target pair:
+/// `-o` or `--report` onto one is refused before any work.
+#[test]
+fn outputs_never_overwrite_a_trigger_file_of_any_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = dir.path().join("sig.npy");
+    ndarray_npy::write_npy(&pattern, &ndarray::Array2::<f32>::zeros((28, 28))).unwrap();
+    let grid = dir.path().join("grid.npy");
+    ndarray_npy::write_npy(&grid, &ndarray::Array3::<f32>::zeros((28, 28, 2))).unwrap();
+    let before = snapshot(dir.path());
+    let vgg = common::fixture(VGG);
+    let additive = format!("additive:pattern={}", s(&pattern));
+    let warp = format!("warp:grid={}", s(&grid));
+    #[rustfmt::skip]
+    let attacks = [
+        "--test", FASHION, "--test-range", "0:100",
+        "--trigger", "patch:size=3,value=1,row=24,col=24", "--target", "0",
+        "--trigger", &additive, "--target", "next",
+        "--trigger", &warp, "--target", "1",
+    ];
+    // --rounds 1000000: a refusal found after training would hang.
+    let with = |outputs: &[&str]| {
+        sanitize(
+            &vgg,
+            &[&attacks[..], outputs, &["--rounds", "1000000"]].concat(),
+        )
+    };
+    assert_refused(&with(&["-o", s(&pattern)]), "sig.npy");
+    let out = dir.path().join("out.onnx");
+    assert_refused(&with(&["-o", s(&out), "--report", s(&grid)]), "grid.npy");
+    assert_eq!(snapshot(dir.path()), before);
+}
+
 // 2. ------------------------------------------------------------------------
 
 #[test]

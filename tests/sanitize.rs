@@ -40,6 +40,11 @@ fn sanitize_writes_only_trained_weights_and_the_file_verifies() {
         "patch:size=3,value=1,row=24,col=24",
         "--target",
         "0",
+        // A second pair, all-to-all: measured alongside, reported per pair.
+        "--trigger",
+        "patch:size=3,value=1,row=0,col=0",
+        "--target",
+        "next",
         "--rounds",
         "1",
         "--device",
@@ -51,8 +56,8 @@ fn sanitize_writes_only_trained_weights_and_the_file_verifies() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("before"),
-        "before/after table: {}",
+        stderr(&out).contains("before") && stderr(&out).contains("ASR#2"),
+        "before/after table with a column per pair: {}",
         stderr(&out)
     );
     assert_eq!(
@@ -71,6 +76,17 @@ fn sanitize_writes_only_trained_weights_and_the_file_verifies() {
         json["before"]["asr"].as_f64().unwrap() > 0.9,
         "the fixture is poisoned"
     );
+    // `asr` is the highest of the pairs, before, in the round and after.
+    for m in [&json["before"], &json["rounds"][0], &json["after"]] {
+        let attacks = m["attacks"].as_array().unwrap();
+        let targets: Vec<_> = attacks.iter().map(|a| a["target"].clone()).collect();
+        assert_eq!(targets, [serde_json::json!(0), serde_json::json!("next")]);
+        let worst = attacks
+            .iter()
+            .map(|a| a["asr"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(m["asr"].as_f64(), Some(worst), "{m}");
+    }
 
     // Same graph, same names, same dtypes and storage; only trained data changed.
     let (a, b) = (decode(&input), decode(&output));

@@ -10,7 +10,7 @@ pub mod verify;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use ibau::data::{Layout, Trigger};
+use ibau::data::{Attack, Layout, Target};
 
 /// How a successful command ended; errors exit with 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,16 +87,14 @@ impl PreprocessArgs {
     }
 }
 
-/// Parses a trigger option, naming it in the error.
-pub fn parse_trigger(spec: &str) -> Result<Trigger, String> {
-    spec.parse::<Trigger>().map_err(|e| e.to_string())
+/// A `--target`: a class number or `next`.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    s.parse::<Target>().map_err(|e| e.to_string())
 }
 
-/// `--trigger`, parsed when given.
-pub fn trigger_option(spec: Option<&str>) -> anyhow::Result<Option<Trigger>> {
-    spec.map(parse_trigger)
-        .transpose()
-        .map_err(anyhow::Error::msg)
+/// The `--trigger`/`--target` pairs, in order (counts checked first).
+pub fn attacks_option(triggers: &[String], targets: &[Target]) -> anyhow::Result<Vec<Attack>> {
+    Ok(Attack::pair(triggers, targets)?)
 }
 
 /// A data path, checked to exist.

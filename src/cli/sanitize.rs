@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Outcome, PreprocessArgs};
 use ibau::data;
+use ibau::data::Target;
 use ibau::graph::ImportOptions;
 use ibau::ibau::{Config, OptimizerKind, Phase, Search};
 use ibau::outputs::{Inputs, OutputPlan};
@@ -113,14 +114,16 @@ pub struct Args {
     /// Samples of `--test` to use, `A:B`.
     #[arg(long, value_name = "A:B", requires = "test")]
     pub test_range: Option<String>,
-    /// Trigger for measuring the attack success rate (see `ibau eval --help`).
-    #[arg(long, requires_all = ["target", "test"])]
-    pub trigger: Option<String>,
-    /// The attack's target label.
-    #[arg(long, requires = "trigger", allow_negative_numbers = true)]
-    pub target: Option<i64>,
+    /// Trigger for measuring the attack success rate (see `ibau eval --help`;
+    /// repeatable, each paired with the --target at the same position).
+    #[arg(long, requires_all = ["target", "test"], value_name = "SPEC")]
+    pub trigger: Vec<String>,
+    /// The attack's target: a class or `next` (all-to-all); one per --trigger.
+    #[arg(long, requires = "trigger", value_name = "N|next", value_parser = super::parse_target, allow_negative_numbers = true)]
+    pub target: Vec<Target>,
     /// Stop before `--rounds` once a round ends with the measured attack
-    /// success rate below this fraction (e.g. 0.2); needs `--trigger`.
+    /// success rate below this fraction (e.g. 0.2); needs `--trigger`. With
+    /// several triggers, the highest of their rates.
     #[arg(long, value_name = "FRACTION", requires = "trigger", value_parser = unit_interval)]
     pub stop_below_asr: Option<f64>,
     /// Tolerance of the parity check of the written file (ONNX Runtime for
@@ -170,8 +173,74 @@ fn percent(x: Option<f64>) -> String {
         .unwrap_or_else(|| format!("{:>8}", "-"))
 }
 
+/// With several trigger/target pairs, the lines naming them (`ASR#1:
+/// SPEC -> TARGET`); none for one pair.
+fn attack_legend(attacks: &[ibau::data::Attack]) -> Vec<String> {
+    if attacks.len() < 2 {
+        return Vec::new();
+    }
+    attacks
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("ASR#{}: {} -> {}", i + 1, a.trigger, a.target))
+        .collect()
+}
+
+/// ACC and ASR before and after; with several trigger/target pairs, ASR is
+/// the highest and each pair has a column `ASR#i`, named in `legend`.
+fn print_table(report: &ibau::sanitize::Report, legend: &[String]) {
+    for line in legend {
+        eprintln!("{line}");
+    }
+    let columns: String = (1..=legend.len())
+        .map(|i| format!(" {:>8}", format!("ASR#{i}")))
+        .collect();
+    eprintln!("          {:>8} {:>8}{columns}", "ACC", "ASR");
+    for (name, m) in [("before", &report.before), ("after", &report.after)] {
+        if let Some(m) = m {
+            let each: String = m
+                .attacks
+                .iter()
+                .take(legend.len())
+                .map(|a| format!(" {}", percent(Some(a.asr))))
+                .collect();
+            eprintln!(
+                "{name:<8}  {} {}{each}",
+                percent(Some(m.acc)),
+                percent(m.asr)
+            );
+        }
+    }
+}
+
+/// `, ACC a ASR b` after a round measured on a test set, with each pair's
+/// ASR when there are several.
+fn round_metrics(round: &ibau::sanitize::Round) -> String {
+    let Some(acc) = round.acc else {
+        return String::new();
+    };
+    let each = match round.attacks.as_slice() {
+        [] | [_] => String::new(),
+        several => format!(
+            " ({})",
+            several
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("#{} {}", i + 1, percent(Some(a.asr)).trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!(
+        ", ACC {} ASR {}{each}",
+        percent(Some(acc)).trim(),
+        percent(round.asr).trim()
+    )
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let trigger = super::trigger_option(args.trigger.as_deref())?;
+    let attacks = super::attacks_option(&args.trigger, &args.target)?;
+    let legend = attack_legend(&attacks);
     // Where this run writes, checked against everything it reads before
     // any work (the model's external-data files once it is loaded).
     let mut inputs = Inputs::default();
@@ -180,8 +249,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if let Some(test) = &args.test {
         inputs.extend(data::files_read(test), "a --test data file");
     }
-    if let Some(t) = &trigger {
-        inputs.extend(t.files(), "a --trigger file");
+    for attack in &attacks {
+        inputs.extend(attack.trigger.files(), "a --trigger file");
     }
     let plan = OutputPlan::new(&inputs, &args.output, args.report.as_deref())?;
     let options = ImportOptions {
@@ -201,7 +270,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let test = match &args.test {
         Some(path) => Some(TestSet {
             data: data::load_range(path, args.test_range.as_deref()).context("--test")?,
-            trigger: trigger.zip(args.target),
+            attacks,
             batch_size: 500,
         }),
         None => None,
@@ -242,17 +311,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }),
         until_clean: args.until_clean,
     };
-    let mut progress = Progress::new(&args.model);
+    let mut progress = Progress::new(&args.model, &legend);
     let report = ibau::sanitize(&mut model, &clean, &config, &plan, &mut progress)?;
     progress.finish();
 
     eprintln!();
-    eprintln!("          {:>8} {:>8}", "ACC", "ASR");
-    for (name, m) in [("before", report.before), ("after", report.after)] {
-        if let Some(m) = m {
-            eprintln!("{name:<8}  {} {}", percent(Some(m.acc)), percent(m.asr));
-        }
-    }
+    print_table(&report, &legend);
     eprintln!(
         "wrote {} ({} parity: max abs diff {:.2e})",
         args.output.display(),
@@ -270,6 +334,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
 /// summary line before training and one line per round.
 struct Progress<'a> {
     model: &'a std::path::Path,
+    /// The trigger/target pairs' names, when there are several.
+    legend: &'a [String],
     bar: Option<ProgressBar>,
     scan_bar: Option<ProgressBar>,
     /// Clean batches (outer steps per round) and search steps per round.
@@ -286,9 +352,10 @@ fn when_text(when: ScanWhen) -> String {
 }
 
 impl<'a> Progress<'a> {
-    fn new(model: &'a std::path::Path) -> Self {
+    fn new(model: &'a std::path::Path, legend: &'a [String]) -> Self {
         Progress {
             model,
+            legend,
             bar: None,
             scan_bar: None,
             batches: 0,
@@ -334,6 +401,9 @@ impl Observer for Progress<'_> {
                 }
                 if let Some(note) = batch_note {
                     eprintln!("batch: {note}");
+                }
+                for line in self.legend {
+                    eprintln!("{line}");
                 }
             }
             Event::Warning(text) => self.say(format!("warning: {text}")),
@@ -387,14 +457,7 @@ impl Observer for Progress<'_> {
                     r.perturbation_norm,
                     100.0 * r.perturbed_share,
                     r.perturbed_class,
-                    round
-                        .acc
-                        .map(|acc| format!(
-                            ", ACC {} ASR {}",
-                            percent(Some(acc)).trim(),
-                            percent(round.asr).trim()
-                        ))
-                        .unwrap_or_default()
+                    round_metrics(round)
                 ));
             }
             Event::Rounded { tensors } => self.say(format!(

@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use layout::{fit_to_input, normalize, Layout};
 pub use npy::load_npz_arrays;
-pub use trigger::Trigger;
+pub use trigger::{Attack, Target, Trigger};
 
 /// Everything that can go wrong reading data, parsing a data option or mapping
 /// data onto a model. Every message names the file or option at fault.
@@ -65,6 +65,15 @@ pub enum DataError {
     /// A bad trigger specification or a trigger that does not fit the images.
     #[error("trigger `{spec}`: {reason}")]
     Trigger { spec: String, reason: String },
+    /// A `--target` that is neither a class number nor `next`.
+    #[error("target `{value}`: expected a class number or `next`")]
+    Target { value: String },
+    /// `--trigger` and `--target` given a different number of times.
+    #[error(
+        "{triggers} --trigger and {targets} --target given: each --trigger needs the \
+         --target at the same position (--trigger A --target 3 --trigger B --target next)"
+    )]
+    AttackPairs { triggers: usize, targets: usize },
     /// Bad `--mean` / `--std` values.
     #[error("{option}: {reason}")]
     Normalize {

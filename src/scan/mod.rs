@@ -204,7 +204,7 @@ pub fn scan_classifier(
     progress: Progress<'_>,
 ) -> Result<(ScanResult, Recovered)> {
     let start = Instant::now();
-    let classes = evaluate::check_classes(classifier, map, clean, None, "--clean")?;
+    let classes = evaluate::check_classes(classifier, map, clean, &[], "--clean")?;
     if classes < 3 {
         bail!("the scan needs a model with at least 3 classes; it has {classes}");
     }
