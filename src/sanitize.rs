@@ -41,6 +41,10 @@ pub struct SanitizeConfig {
     pub scan: Option<ScanConfig>,
     /// Scan after every round and stop after the first that scans clean.
     pub until_clean: bool,
+    /// Train even when the scan before says clean (by default the weights
+    /// are then left as they are: unlearning a backdoor that is not there
+    /// only costs accuracy).
+    pub force: bool,
 }
 
 /// Clean samples a scan inside `sanitize` uses (the first ones).
@@ -184,6 +188,13 @@ pub struct Report {
     /// weights (`null` with `--no-scan`).
     pub scan_before: Option<ScanVerdict>,
     pub scan_after: Option<ScanVerdict>,
+    /// Why no round ran and the weights were written unchanged (the scan
+    /// before said clean, without `--force`); absent when I-BAU ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declined: Option<String>,
+    /// The classes unlearned: the scan's targets, or the class the targeted
+    /// search found easiest.
+    pub unlearned: Vec<i64>,
     pub rounds: Vec<Round>,
     pub parity: Parity,
 }
@@ -319,16 +330,48 @@ pub fn sanitize(
         Ok(Some(verdict))
     };
     let scan_before = scan(ScanWhen::Before, observer)?;
-    let rounds = unlearn(classifier, &batches, config, &measure, &scan, observer)?;
-    let mut after = rounds
-        .last()
-        .zip(config.test.as_ref())
-        .map(|(r, t)| Metrics {
+    let declined = match &scan_before {
+        Some(v) if v.verdict == Verdict::Clean && !config.force => Some(format!(
+            "the scan before says clean (statistic {:.2}, threshold {:.2}): weights left unchanged (--force trains anyway)",
+            v.statistic, v.threshold
+        )),
+        _ => None,
+    };
+    // Every class the scan flags is unlearned.
+    let ibau_config = Config {
+        targets: scan_before
+            .as_ref()
+            .map(|v| v.targets.clone())
+            .unwrap_or_default(),
+        ..config.ibau.clone()
+    };
+    let rounds = if declined.is_some() {
+        Vec::new()
+    } else {
+        unlearn(
+            classifier,
+            &batches,
+            config,
+            &ibau_config,
+            &measure,
+            &scan,
+            observer,
+        )?
+    };
+    let unlearned = rounds
+        .first()
+        .and_then(|r| r.stats.targeted.as_ref())
+        .map(|t| t.classes.clone())
+        .unwrap_or_default();
+    let mut after = match rounds.last() {
+        None => before.clone(),
+        Some(r) => config.test.as_ref().map(|t| Metrics {
             acc: r.acc.unwrap_or(0.0),
             asr: r.asr,
             attacks: r.attacks.clone(),
             samples: t.data.len(),
-        });
+        }),
+    };
     // Weights stored in float16/bfloat16 were trained as float32 master
     // weights; round them to what the file will hold, and measure that.
     let mut rounded_any = false;
@@ -345,6 +388,7 @@ pub fn sanitize(
     // The last round's scan saw the written weights unless they were rounded.
     let scan_after = match rounds.last().and_then(|r| r.scan.clone()) {
         Some(v) if !rounded_any => Some(v),
+        _ if declined.is_some() => scan_before.clone(),
         _ => scan(ScanWhen::After, observer)?,
     };
     let parity_inputs: Vec<Tensor> = batches.iter().map(|b| b.images.shallow_clone()).collect();
@@ -363,11 +407,13 @@ pub fn sanitize(
         },
         logits,
         batch: batch_note,
-        config: config.ibau.clone(),
+        config: ibau_config,
         before,
         after,
         scan_before,
         scan_after,
+        declined,
+        unlearned,
         rounds,
         parity,
     })
@@ -393,6 +439,7 @@ fn unlearn(
     model: &dyn Classifier,
     batches: &[Batch],
     config: &SanitizeConfig,
+    ibau_config: &Config,
     measure: &dyn Fn() -> Result<Option<Metrics>>,
     scan: &ScanFn<'_>,
     observer: &mut dyn Observer,
@@ -400,13 +447,13 @@ fn unlearn(
     let mut rounds = Vec::new();
     // An evaluation error inside the round callback, passed out as itself.
     let mut failure = None;
-    let rounds_total = config.ibau.rounds;
+    let rounds_total = ibau_config.rounds;
     let result = {
         let observer = std::cell::RefCell::new(&mut *observer);
         ibau::unlearn(
             model,
             batches,
-            &config.ibau,
+            ibau_config,
             &mut |round, phase| {
                 observer.borrow_mut().event(Event::Step {
                     round,

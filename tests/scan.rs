@@ -344,3 +344,50 @@ fn sanitize_until_clean_stops_when_the_scan_says_clean() {
     let m = json(&stdout(&eval));
     assert!(m["asr"].as_f64().unwrap() < 0.1, "{m}");
 }
+
+/// Issue "Beyond one patch", no harm: a model the scan finds clean is
+/// written back with its weights unchanged unless `--force`, and the report
+/// says why.
+#[test]
+fn sanitize_leaves_a_model_the_scan_finds_clean_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::fixture("clean_jax_cnn.onnx");
+    let output = dir.path().join("same.onnx");
+    let report = dir.path().join("report.json");
+    let out = ibau(&[
+        "sanitize",
+        s(&input),
+        "--clean",
+        FASHION,
+        "--clean-range",
+        "0:1000",
+        "--device",
+        "cpu",
+        "-o",
+        s(&output),
+        "--report",
+        s(&report),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no unlearning"), "{}", stderr(&out));
+    let r = json(&std::fs::read_to_string(&report).unwrap());
+    assert_eq!(r["scan_before"]["verdict"], "clean", "{r}");
+    assert!(r["declined"].as_str().unwrap().contains("--force"), "{r}");
+    assert_eq!(r["rounds"].as_array().unwrap().len(), 0);
+    let weights = |path: &Path| {
+        let model = ibau::onnx::Model::load(path).unwrap();
+        model
+            .graph()
+            .initializer
+            .iter()
+            .map(|t| {
+                (
+                    t.name().to_string(),
+                    t.raw_data.clone(),
+                    t.float_data.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(weights(&input), weights(&output), "weights unchanged");
+}

@@ -33,7 +33,7 @@ fn targeted_search_finds_the_backdoor_target_of_a_jax_export() {
         .collect();
 
     let mut memory = SearchMemory::default();
-    let (delta, found) = targeted_search(
+    let (deltas, found) = targeted_search(
         &model,
         &batches,
         &Config::default(),
@@ -41,6 +41,8 @@ fn targeted_search_finds_the_backdoor_target_of_a_jax_export() {
         &mut |_, _| {},
     )
     .expect("search");
+    assert_eq!(deltas.len(), 1, "one class unlearned");
+    let delta = &deltas[0];
     eprintln!("{found:?}");
     assert_eq!(found.radii.len(), 10, "one radius per class");
     assert!(found.candidates.is_none(), "10 classes are all searched");
@@ -60,7 +62,7 @@ fn targeted_search_finds_the_backdoor_target_of_a_jax_export() {
 
     // On images the search never saw, the perturbation acts as the trigger.
     let held_out = images.narrow(0, 1000, 100);
-    let predicted = tch::no_grad(|| model.logits(&(&held_out + &delta)))
+    let predicted = tch::no_grad(|| model.logits(&(&held_out + delta)))
         .expect("forward")
         .argmax(-1, false);
     let share = predicted
@@ -190,7 +192,7 @@ fn search_steps_hold_at_most_max_batch_images_whatever_the_class_count() {
             perturbation_steps: Some(3),
             ..Config::default()
         };
-        let (delta, found) = targeted_search(
+        let (deltas, found) = targeted_search(
             &model,
             &batches,
             &config,
@@ -198,7 +200,7 @@ fn search_steps_hold_at_most_max_batch_images_whatever_the_class_count() {
             &mut |_, _| {},
         )
         .expect("targeted search");
-        assert_eq!(delta.size(), [1, 1, 8, 8]);
+        assert_eq!(deltas[0].size(), [1, 1, 8, 8]);
         assert_eq!(found.radii.len(), classes as usize);
         let searched = found.radii.iter().flatten().count();
         assert_eq!(

@@ -143,6 +143,16 @@ pub struct Args {
     /// whose scan says clean: the trigger-free stopping rule.
     #[arg(long)]
     pub until_clean: bool,
+    /// Train even when the scan before says clean. Without it a model the
+    /// scan finds clean is written back unchanged (unlearning a backdoor
+    /// that is not there only costs accuracy), and the report says so.
+    #[arg(long)]
+    pub force: bool,
+    /// Also unlearn the paper's untargeted universal perturbation in every
+    /// round of the targeted search, besides each flagged class's (for
+    /// attacks without one easiest target, such as all-to-all triggers).
+    #[arg(long)]
+    pub untargeted: bool,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -291,6 +301,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             batch_size: args.batch_size as usize,
             max_batch: args.max_batch,
             candidates: args.candidates,
+            targets: Vec::new(),
+            untargeted: args.untargeted,
             perturbation_lr: args.perturbation_lr,
             perturbation_radius: args.radius,
             perturbation_steps: args.perturbation_steps,
@@ -310,10 +322,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             ..Default::default()
         }),
         until_clean: args.until_clean,
+        force: args.force,
     };
     let mut progress = Progress::new(&args.model, &legend);
+    progress.force = args.force;
     let report = ibau::sanitize(&mut model, &clean, &config, &plan, &mut progress)?;
     progress.finish();
+    if let Some(why) = &report.declined {
+        eprintln!("no unlearning: {why}");
+    }
 
     eprintln!();
     print_table(&report, &legend);
@@ -341,6 +358,7 @@ struct Progress<'a> {
     /// Clean batches (outer steps per round) and search steps per round.
     batches: usize,
     search_steps: usize,
+    force: bool,
 }
 
 fn when_text(when: ScanWhen) -> String {
@@ -360,6 +378,7 @@ impl<'a> Progress<'a> {
             scan_bar: None,
             batches: 0,
             search_steps: 0,
+            force: false,
         }
     }
 
@@ -450,8 +469,22 @@ impl Observer for Progress<'_> {
                     r.targeted
                         .as_ref()
                         .map(|t| format!(
-                            "class {} needs radius {:.2} (median of classes {:.2}), ",
-                            t.class, t.radius, t.median_radius
+                            "{}class {} needs radius {:.2} (median of classes {:.2}), ",
+                            if t.classes.len() > 1 {
+                                format!(
+                                    "unlearning classes {}: ",
+                                    t.classes
+                                        .iter()
+                                        .map(i64::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            } else {
+                                String::new()
+                            },
+                            t.class,
+                            t.radius,
+                            t.median_radius
                         ))
                         .unwrap_or_default(),
                     r.perturbation_norm,
@@ -495,7 +528,11 @@ impl Observer for Progress<'_> {
                 let note = if when == ScanWhen::Before
                     && verdict.verdict != ibau::scan::Verdict::Backdoor
                 {
-                    ": the model shows no backdoor; sanitizing anyway, as asked"
+                    if self.force {
+                        ": the model shows no backdoor; sanitizing anyway (--force)"
+                    } else {
+                        ": the model shows no backdoor; its weights are left unchanged (--force trains anyway)"
+                    }
                 } else {
                     ""
                 };

@@ -74,6 +74,14 @@ pub struct Config {
     /// search first screens every class cheaply and searches only this many
     /// (`0`: always search every class).
     pub candidates: usize,
+    /// Classes the targeted search unlearns, each with its own perturbation
+    /// in every round (the scan's flagged classes); empty: the class it finds
+    /// easiest to reach.
+    pub targets: Vec<i64>,
+    /// Also unlearn the paper's untargeted universal perturbation in every
+    /// round of the targeted search (attacks without one easiest target:
+    /// all-to-all, sample-specific triggers).
+    pub untargeted: bool,
     /// SGD learning rate of the perturbation search.
     pub perturbation_lr: f64,
     /// Radius of the L2 ball the perturbation is projected into.
@@ -103,6 +111,8 @@ impl Default for Config {
             batch_size: 100,
             max_batch: None,
             candidates: DEFAULT_CANDIDATES,
+            targets: Vec::new(),
+            untargeted: false,
             perturbation_lr: 10.0,
             perturbation_radius: 10.0,
             perturbation_steps: None,
@@ -323,26 +333,35 @@ pub fn unlearn(
     let mut memory = SearchMemory::default();
     for round in 1..=config.rounds {
         let start = std::time::Instant::now();
-        let (perturbation, targeted) = match config.search {
+        let (mut perturbations, targeted) = match config.search {
             Search::Paper => (
-                perturbation_search(model, clean, config, &mut |step, steps| {
-                    on_step(round, Phase::Search { step, steps })
-                })?,
+                vec![perturbation_search(
+                    model,
+                    clean,
+                    config,
+                    &mut |step, steps| on_step(round, Phase::Search { step, steps }),
+                )?],
                 None,
             ),
             Search::Targeted => {
-                let (delta, found) =
+                let (deltas, found) =
                     targeted_search(model, clean, config, &mut memory, &mut |step, steps| {
                         on_step(round, Phase::Search { step, steps })
                     })?;
-                (delta, Some(found))
+                (deltas, Some(found))
             }
         };
+        if config.untargeted && config.search == Search::Targeted {
+            perturbations.push(perturbation_search(model, clean, config, &mut |_, _| {})?);
+        }
+        let perturbation = &perturbations[0];
         let (perturbed_class, perturbed_share) =
-            perturbed_majority(model, &clean[0].images, &perturbation)?;
+            perturbed_majority(model, &clean[0].images, perturbation)?;
         for (b, batch) in clean.iter().enumerate() {
+            // Several perturbations (several targets): the batches take turns.
+            let perturbation = &perturbations[b % perturbations.len()];
             let mask = poison_mask(&batch.images, config.poison_share)?;
-            let grads = hypergradient(model, &perturbation, batch, &mask, &clean[0], config)?;
+            let grads = hypergradient(model, perturbation, batch, &mask, &clean[0], config)?;
             optimizer.step(model.parameters(), &grads)?;
             on_step(
                 round,

@@ -198,8 +198,12 @@ pub fn screen<E: From<tch::TchError>>(
 /// What the targeted search found, for reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TargetedStats {
-    /// The class whose perturbation the round unlearns.
+    /// The class whose perturbation the round unlearns (the first of
+    /// `classes`).
     pub class: i64,
+    /// Every class whose perturbation the round unlearns: the scan's
+    /// targets when it flagged any, else the easiest class.
+    pub classes: Vec<i64>,
     /// Its smallest radius this round, and the median over the classes
     /// searched.
     pub radius: f64,
@@ -220,7 +224,7 @@ pub struct TargetedStats {
 /// again and unlearn a fresh perturbation of the chosen one.
 #[derive(Debug, Default)]
 pub struct SearchMemory {
-    class: Option<i64>,
+    classes: Option<Vec<i64>>,
     searched: Option<Vec<i64>>,
 }
 
@@ -291,8 +295,9 @@ pub fn project(delta: &Tensor, radius: f64) -> Result<Tensor, TrainError> {
 ///
 /// So `r_c` settles near the smallest radius that sends 90% of the samples to
 /// `c` (each class's radius: the mean of the last 10 steps). In the first
-/// round (empty `memory`) the class with the smallest radius is chosen and
-/// remembered; every round returns `delta_c` of the remembered class.
+/// round (empty `memory`) the classes to unlearn are chosen and remembered:
+/// `config.targets` when given (the scan's flagged classes), else the class
+/// with the smallest radius; every round returns `delta_c` of each.
 ///
 /// On a model with more than twice `config.candidates` classes, the first
 /// round first runs [`screen`] on the first batch and searches only the
@@ -305,7 +310,7 @@ pub fn targeted_search(
     config: &Config,
     memory: &mut SearchMemory,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(Tensor, TargetedStats), TrainError> {
+) -> Result<(Vec<Tensor>, TargetedStats), TrainError> {
     let first = first_batch(batches)?;
     let device = model.device();
     let kind = model.float_kind();
@@ -317,6 +322,12 @@ pub fn targeted_search(
     if classes < 2 {
         return Err(TrainError::Config(format!(
             "the targeted search needs at least 2 classes; the model has {classes} logit(s) (use --search paper)"
+        )));
+    }
+    if let Some(t) = config.targets.iter().find(|t| !(0..classes).contains(*t)) {
+        return Err(TrainError::Config(format!(
+            "class {t} to unlearn is not a class of the model (0 to {})",
+            classes - 1
         )));
     }
     let max_batch = config.max_batch.unwrap_or(2 * config.batch_size).max(1) as i64;
@@ -342,7 +353,9 @@ pub fn targeted_search(
                 max_batch,
                 &mut |s, _| progress(s, total),
             )?;
+            kept.extend_from_slice(&config.targets);
             kept.sort_unstable();
+            kept.dedup();
             kept
         }
         None => (0..classes).collect(),
@@ -429,22 +442,30 @@ pub fn targeted_search(
     let mut sorted = found.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    let at = match memory
-        .class
-        .and_then(|c| searched.iter().position(|&s| s == c))
-    {
-        Some(at) => at,
+    let unlearned = match &memory.classes {
+        Some(c) => c.clone(),
+        None if !config.targets.is_empty() => config.targets.clone(),
         None => {
             let at = (0..found.len())
                 .min_by(|&a, &b| found[a].total_cmp(&found[b]))
                 .unwrap_or(0);
-            memory.class = Some(searched[at]);
-            at
+            vec![searched[at]]
         }
     };
-    let chosen = delta[at / chunk as usize]
-        .detach()
-        .f_narrow(0, at as i64 % chunk, 1)?;
+    memory.classes = Some(unlearned.clone());
+    let places: Vec<usize> = unlearned
+        .iter()
+        .map(|c| searched.iter().position(|s| s == c).unwrap_or(0))
+        .collect();
+    let chosen = places
+        .iter()
+        .map(|&at| {
+            delta[at / chunk as usize]
+                .detach()
+                .f_narrow(0, at as i64 % chunk, 1)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let at = places[0];
     let mut radii = vec![None; classes as usize];
     for (&c, &r) in searched.iter().zip(&found) {
         radii[c as usize] = Some(r);
@@ -453,6 +474,7 @@ pub fn targeted_search(
         chosen,
         TargetedStats {
             class: searched[at],
+            classes: unlearned,
             radius: found[at],
             median_radius: median,
             radii,
