@@ -47,6 +47,27 @@ pub struct SanitizeConfig {
     pub force: bool,
 }
 
+/// A model the scan finds clean may not lose more than this share of clean
+/// accuracy (on held-back clean samples) to a round: such a round is undone.
+pub const GUARD_LOSS: f64 = 0.005;
+
+/// The accuracy guard of a model the scan before found clean: the last
+/// fifth of the clean samples (at most [`GUARD_SAMPLES`]) is held back from
+/// training, its accuracy measured after every round, and a round that
+/// loses more than [`GUARD_LOSS`] of it is undone and ends the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Guard {
+    pub held_back: usize,
+    /// Accuracy on the held-back samples before any round, and at the end.
+    pub acc_before: f64,
+    pub acc_after: f64,
+    /// The round that was undone, if one was.
+    pub undone_round: Option<usize>,
+}
+
+/// Most clean samples the guard holds back.
+pub const GUARD_SAMPLES: usize = 1000;
+
 /// Clean samples a scan inside `sanitize` uses (the first ones).
 pub const SCAN_SAMPLES: usize = 1000;
 
@@ -188,10 +209,10 @@ pub struct Report {
     /// weights (`null` with `--no-scan`).
     pub scan_before: Option<ScanVerdict>,
     pub scan_after: Option<ScanVerdict>,
-    /// Why no round ran and the weights were written unchanged (the scan
-    /// before said clean, without `--force`); absent when I-BAU ran.
+    /// When the scan before said clean (and no `--force`): the accuracy
+    /// guard the rounds ran under; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub declined: Option<String>,
+    pub guard: Option<Guard>,
     /// The classes unlearned: the scan's targets, or the class the targeted
     /// search found easiest.
     pub unlearned: Vec<i64>,
@@ -250,6 +271,7 @@ pub fn sanitize(
         );
     }
     let map = InputMap::new(model, &config.preprocess, clean)?;
+    let train_batches: Vec<Batch>;
     let batches: Vec<Batch> = clean
         .batches(config.ibau.batch_size)
         .map(|(images, labels)| {
@@ -330,12 +352,44 @@ pub fn sanitize(
         Ok(Some(verdict))
     };
     let scan_before = scan(ScanWhen::Before, observer)?;
-    let declined = match &scan_before {
-        Some(v) if v.verdict == Verdict::Clean && !config.force => Some(format!(
-            "the scan before says clean (statistic {:.2}, threshold {:.2}): weights left unchanged (--force trains anyway)",
-            v.statistic, v.threshold
-        )),
-        _ => None,
+    // A model the scan finds clean trains under the accuracy guard: a
+    // backdoor the scan missed can still go, a clean model keeps its
+    // accuracy.
+    let guarded = !config.force
+        && scan_before
+            .as_ref()
+            .is_some_and(|v| v.verdict == Verdict::Clean);
+    let (train, held): (&[Batch], Vec<Batch>) = if guarded && batches.len() > 1 {
+        let n = clean.len();
+        let held = (n / 5).clamp(1, GUARD_SAMPLES);
+        let kept = clean.slice(0..n - held)?;
+        let back = clean.slice(n - held..n)?;
+        let to_batches = |d: &Dataset| -> Result<Vec<Batch>> {
+            d.batches(config.ibau.batch_size)
+                .map(|(images, labels)| {
+                    Ok(Batch {
+                        images: map.apply(&images)?,
+                        labels: labels.f_to_device(map.device)?,
+                    })
+                })
+                .collect()
+        };
+        train_batches = to_batches(&kept)?;
+        (&train_batches, to_batches(&back)?)
+    } else if guarded {
+        // One batch: it is both trained on and guarded.
+        (
+            &batches,
+            batches
+                .iter()
+                .map(|b| Batch {
+                    images: b.images.shallow_clone(),
+                    labels: b.labels.shallow_clone(),
+                })
+                .collect(),
+        )
+    } else {
+        (&batches, Vec::new())
     };
     // Every class the scan flags is unlearned.
     let ibau_config = Config {
@@ -345,19 +399,18 @@ pub fn sanitize(
             .unwrap_or_default(),
         ..config.ibau.clone()
     };
-    let rounds = if declined.is_some() {
-        Vec::new()
-    } else {
-        unlearn(
-            classifier,
-            &batches,
-            config,
-            &ibau_config,
-            &measure,
-            &scan,
-            observer,
-        )?
-    };
+    let mut guard = None;
+    let rounds = unlearn(
+        classifier,
+        train,
+        config,
+        &ibau_config,
+        guarded.then_some(held.as_slice()),
+        &mut guard,
+        &measure,
+        &scan,
+        observer,
+    )?;
     let unlearned = rounds
         .first()
         .and_then(|r| r.stats.targeted.as_ref())
@@ -388,7 +441,6 @@ pub fn sanitize(
     // The last round's scan saw the written weights unless they were rounded.
     let scan_after = match rounds.last().and_then(|r| r.scan.clone()) {
         Some(v) if !rounded_any => Some(v),
-        _ if declined.is_some() => scan_before.clone(),
         _ => scan(ScanWhen::After, observer)?,
     };
     let parity_inputs: Vec<Tensor> = batches.iter().map(|b| b.images.shallow_clone()).collect();
@@ -412,11 +464,32 @@ pub fn sanitize(
         after,
         scan_before,
         scan_after,
-        declined,
+        guard,
         unlearned,
         rounds,
         parity,
     })
+}
+
+/// The share of the samples of `batches` the model gets right.
+fn held_accuracy(model: &dyn Classifier, batches: &[Batch]) -> Result<f64> {
+    let (mut right, mut all) = (0.0, 0.0);
+    for b in batches {
+        let n = b.labels.size()[0] as f64;
+        right += batch_accuracy(model, b)? * n;
+        all += n;
+    }
+    Ok(right / all.max(1.0))
+}
+
+/// A copy of every trainable tensor, into `saved`.
+fn save_parameters(model: &dyn Classifier, saved: &mut Vec<Tensor>) -> Result<(), tch::TchError> {
+    *saved = model
+        .parameters()
+        .iter()
+        .map(|p| p.f_detach_copy())
+        .collect::<Result<_, _>>()?;
+    Ok(())
 }
 
 /// The share of a batch the model gets right.
@@ -435,11 +508,15 @@ type ScanFn<'a> = dyn Fn(ScanWhen, &mut dyn Observer) -> Result<Option<ScanVerdi
 /// I-BAU's rounds, each measured with `measure` and reported to `observer`;
 /// stops early once the measured ASR is below `config.stop_below_asr`, or
 /// (`config.until_clean`) once the round's scan says clean.
+// Private, called once: its inputs are the pieces `sanitize` has built.
+#[allow(clippy::too_many_arguments)]
 fn unlearn(
     model: &dyn Classifier,
     batches: &[Batch],
     config: &SanitizeConfig,
     ibau_config: &Config,
+    held: Option<&[Batch]>,
+    guard: &mut Option<Guard>,
     measure: &dyn Fn() -> Result<Option<Metrics>>,
     scan: &ScanFn<'_>,
     observer: &mut dyn Observer,
@@ -447,6 +524,18 @@ fn unlearn(
     let mut rounds = Vec::new();
     // An evaluation error inside the round callback, passed out as itself.
     let mut failure = None;
+    // The guard's baseline and the weights to go back to.
+    let mut saved: Vec<Tensor> = Vec::new();
+    if let Some(held) = held {
+        let acc = held_accuracy(model, held)?;
+        save_parameters(model, &mut saved)?;
+        *guard = Some(Guard {
+            held_back: held.iter().map(|b| b.labels.size()[0] as usize).sum(),
+            acc_before: acc,
+            acc_after: acc,
+            undone_round: None,
+        });
+    }
     let rounds_total = ibau_config.rounds;
     let result = {
         let observer = std::cell::RefCell::new(&mut *observer);
@@ -462,6 +551,32 @@ fn unlearn(
                 })
             },
             &mut |stats| {
+                if let (Some(held), Some(g)) = (held, guard.as_mut()) {
+                    match held_accuracy(model, held) {
+                        Ok(acc) if g.acc_before - acc > GUARD_LOSS => {
+                            let undo =
+                                saved.iter().zip(model.parameters()).try_for_each(|(s, p)| {
+                                    tch::no_grad(|| p.shallow_clone().f_copy_(s))
+                                });
+                            if let Err(e) = undo {
+                                failure = Some(e.into());
+                            }
+                            g.undone_round = Some(stats.round);
+                            return Ok(std::ops::ControlFlow::Break(()));
+                        }
+                        Ok(acc) => {
+                            g.acc_after = acc;
+                            if let Err(e) = save_parameters(model, &mut saved) {
+                                failure = Some(e.into());
+                                return Ok(std::ops::ControlFlow::Break(()));
+                            }
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            return Ok(std::ops::ControlFlow::Break(()));
+                        }
+                    }
+                }
                 let measured = measure().and_then(|m| {
                     let verdict = if config.until_clean {
                         scan(

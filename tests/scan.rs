@@ -345,14 +345,15 @@ fn sanitize_until_clean_stops_when_the_scan_says_clean() {
     assert!(m["asr"].as_f64().unwrap() < 0.1, "{m}");
 }
 
-/// Issue "Beyond one patch", no harm: a model the scan finds clean is
-/// written back with its weights unchanged unless `--force`, and the report
-/// says why.
+/// Issue "Beyond one patch", no harm: a model the scan finds clean trains
+/// under the accuracy guard, which keeps its accuracy on held-back clean
+/// samples within half a point (undoing a round that loses more), and the
+/// report says what happened.
 #[test]
-fn sanitize_leaves_a_model_the_scan_finds_clean_unchanged() {
+fn sanitize_guards_the_accuracy_of_a_model_the_scan_finds_clean() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::fixture("clean_jax_cnn.onnx");
-    let output = dir.path().join("same.onnx");
+    let output = dir.path().join("guarded.onnx");
     let report = dir.path().join("report.json");
     let out = ibau(&[
         "sanitize",
@@ -361,6 +362,8 @@ fn sanitize_leaves_a_model_the_scan_finds_clean_unchanged() {
         FASHION,
         "--clean-range",
         "0:1000",
+        "--rounds",
+        "2",
         "--device",
         "cpu",
         "-o",
@@ -369,25 +372,22 @@ fn sanitize_leaves_a_model_the_scan_finds_clean_unchanged() {
         s(&report),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no unlearning"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("accuracy guard"), "{}", stderr(&out));
     let r = json(&std::fs::read_to_string(&report).unwrap());
     assert_eq!(r["scan_before"]["verdict"], "clean", "{r}");
-    assert!(r["declined"].as_str().unwrap().contains("--force"), "{r}");
-    assert_eq!(r["rounds"].as_array().unwrap().len(), 0);
-    let weights = |path: &Path| {
-        let model = ibau::onnx::Model::load(path).unwrap();
-        model
-            .graph()
-            .initializer
-            .iter()
-            .map(|t| {
-                (
-                    t.name().to_string(),
-                    t.raw_data.clone(),
-                    t.float_data.clone(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(weights(&input), weights(&output), "weights unchanged");
+    let g = &r["guard"];
+    assert_eq!(g["held_back"], 200, "{r}");
+    let (before, after) = (
+        g["acc_before"].as_f64().unwrap(),
+        g["acc_after"].as_f64().unwrap(),
+    );
+    assert!(
+        after >= before - 0.005,
+        "guard let {before} -> {after} through"
+    );
+    let rounds = r["rounds"].as_array().unwrap().len();
+    match g["undone_round"].as_u64() {
+        Some(undone) => assert_eq!(undone as usize, rounds + 1, "{r}"),
+        None => assert_eq!(rounds, 2, "{r}"),
+    }
 }

@@ -112,8 +112,11 @@ def main() -> None:
             verdict = scan.get("verdict", "-")
             if scan.get("targets"):
                 verdict += " " + ",".join(map(str, scan["targets"]))
-            unlearned = ",".join(map(str, r.get("unlearned", []))) or (
-                "declined" if r.get("declined") else "-")
+            unlearned = ",".join(map(str, r.get("unlearned", []))) or "-"
+            guard = r.get("guard")
+            if guard:
+                unlearned += " (guard" + (f", round {guard['undone_round']} undone"
+                                          if guard.get("undone_round") else "") + ")"
             print(f"| {name} | {row['attack']} | {n} | {pct(before.get('acc'))} | "
                   f"{pct(after.get('acc'))} | {' / '.join(pct(a) for a in asr_b) or '-'} | "
                   f"{' / '.join(pct(a) for a in asr_a) or '-'} | {len(r['rounds'])} | "
