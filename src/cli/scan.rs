@@ -40,7 +40,7 @@ pub struct Args {
     /// manifest may give other data per model.
     #[arg(long, value_parser = super::existing_path)]
     pub clean: Option<PathBuf>,
-    /// Clean samples to use, `A:B` (end excluded); default `0:1000`.
+    /// Clean samples to use, `A:B` (end excluded); default `0:1000` (all of a smaller set).
     #[arg(long, value_name = "A:B")]
     pub clean_range: Option<String>,
     /// How images map onto the model input (default: what fits its shape).
@@ -133,8 +133,9 @@ pub struct MergeArgs {
     pub out: ReportArgs,
 }
 
-/// The default clean range: enough for the searches, quick to load.
-const DEFAULT_RANGE: &str = "0:1000";
+/// The default clean range, `0:1000` (or the whole set when smaller):
+/// enough for the searches, quick to load.
+const DEFAULT_SAMPLES: usize = 1000;
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let manifest = args
@@ -368,13 +369,20 @@ fn scan_one(
     let Some(clean_path) = &settings.clean else {
         anyhow::bail!("no clean data for this model: give --clean or a manifest entry");
     };
-    let range = settings
-        .clean_range
-        .clone()
-        .unwrap_or_else(|| DEFAULT_RANGE.to_string());
-    let key = (clean_path.clone(), range.clone());
+    // The default range is the first samples, as many as the set holds up
+    // to its end; a range given is checked against the set.
+    let key = (
+        clean_path.clone(),
+        settings.clean_range.clone().unwrap_or_default(),
+    );
     if !data_cache.contains_key(&key) {
-        let data = ibau::data::load_range(clean_path, Some(&range))?;
+        let data = match &settings.clean_range {
+            Some(r) => ibau::data::load_range(clean_path, Some(r))?,
+            None => {
+                let all = ibau::data::load(clean_path)?;
+                all.slice(0..all.len().min(DEFAULT_SAMPLES))?
+            }
+        };
         let mut digest = String::new();
         for f in ibau::data::files_read(clean_path) {
             digest.push_str(&registry::sha256_file(&f)?);
@@ -382,6 +390,10 @@ fn scan_one(
         data_cache.insert(key.clone(), (data, digest));
     }
     let (clean, data_digest) = &data_cache[&key];
+    let range = settings
+        .clean_range
+        .clone()
+        .unwrap_or_else(|| format!("0:{}", clean.len()));
     let layout = settings
         .layout
         .as_deref()
