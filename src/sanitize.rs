@@ -47,22 +47,27 @@ pub struct SanitizeConfig {
     pub force: bool,
 }
 
-/// A model the scan finds clean may not lose more than this share of clean
-/// accuracy (on held-back clean samples) to a round: such a round is undone.
+/// A model the scan finds clean may not end more than this share of clean
+/// accuracy (on held-back clean samples) below where it started.
 pub const GUARD_LOSS: f64 = 0.005;
 
 /// The accuracy guard of a model the scan before found clean: the last
 /// fifth of the clean samples (at most [`GUARD_SAMPLES`]) is held back from
-/// training, its accuracy measured after every round, and a round that
-/// loses more than [`GUARD_LOSS`] of it is undone and ends the rounds.
+/// training and its accuracy measured after every round; the weights
+/// written are those of the last round that is within [`GUARD_LOSS`] of
+/// the start (the model as it came when none is), so that a round that
+/// costs accuracy can be made good by the next one.
 #[derive(Debug, Clone, Serialize)]
 pub struct Guard {
     pub held_back: usize,
-    /// Accuracy on the held-back samples before any round, and at the end.
+    /// Accuracy on the held-back samples before any round, and of the
+    /// weights written.
     pub acc_before: f64,
     pub acc_after: f64,
-    /// The round that was undone, if one was.
-    pub undone_round: Option<usize>,
+    /// The round whose weights are written (`0`: the model as it came).
+    pub kept_round: usize,
+    /// The rounds past the budget (undone unless a later round was within).
+    pub over_budget: Vec<usize>,
 }
 
 /// Most clean samples the guard holds back.
@@ -411,12 +416,15 @@ pub fn sanitize(
         &scan,
         observer,
     )?;
-    let unlearned = rounds
-        .first()
+    // The rounds whose weights are written: all, or up to the one the guard
+    // kept.
+    let written = &rounds[..guard.as_ref().map_or(rounds.len(), |g| g.kept_round)];
+    let unlearned = written
+        .last()
         .and_then(|r| r.stats.targeted.as_ref())
         .map(|t| t.classes.clone())
         .unwrap_or_default();
-    let mut after = match rounds.last() {
+    let mut after = match written.last() {
         None => before.clone(),
         Some(r) => config.test.as_ref().map(|t| Metrics {
             acc: r.acc.unwrap_or(0.0),
@@ -439,7 +447,7 @@ pub fn sanitize(
         }
     }
     // The last round's scan saw the written weights unless they were rounded.
-    let scan_after = match rounds.last().and_then(|r| r.scan.clone()) {
+    let scan_after = match written.last().and_then(|r| r.scan.clone()) {
         Some(v) if !rounded_any => Some(v),
         _ => scan(ScanWhen::After, observer)?,
     };
@@ -533,7 +541,8 @@ fn unlearn(
             held_back: held.iter().map(|b| b.labels.size()[0] as usize).sum(),
             acc_before: acc,
             acc_after: acc,
-            undone_round: None,
+            kept_round: 0,
+            over_budget: Vec::new(),
         });
     }
     let rounds_total = ibau_config.rounds;
@@ -554,18 +563,11 @@ fn unlearn(
                 if let (Some(held), Some(g)) = (held, guard.as_mut()) {
                     match held_accuracy(model, held) {
                         Ok(acc) if g.acc_before - acc > GUARD_LOSS => {
-                            let undo =
-                                saved.iter().zip(model.parameters()).try_for_each(|(s, p)| {
-                                    tch::no_grad(|| p.shallow_clone().f_copy_(s))
-                                });
-                            if let Err(e) = undo {
-                                failure = Some(e.into());
-                            }
-                            g.undone_round = Some(stats.round);
-                            return Ok(std::ops::ControlFlow::Break(()));
+                            g.over_budget.push(stats.round);
                         }
                         Ok(acc) => {
                             g.acc_after = acc;
+                            g.kept_round = stats.round;
                             if let Err(e) = save_parameters(model, &mut saved) {
                                 failure = Some(e.into());
                                 return Ok(std::ops::ControlFlow::Break(()));
@@ -627,6 +629,16 @@ fn unlearn(
         return Err(e);
     }
     result?;
+    // The guard writes the last round within its budget: the rounds after
+    // it are undone (they stay in the report; `kept_round` says which).
+    if let Some(g) = guard.as_ref() {
+        if g.kept_round < rounds.len() {
+            saved
+                .iter()
+                .zip(model.parameters())
+                .try_for_each(|(s, p)| tch::no_grad(|| p.shallow_clone().f_copy_(s).map(drop)))?;
+        }
+    }
     Ok(rounds)
 }
 

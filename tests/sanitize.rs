@@ -474,3 +474,70 @@ fn probability_outputs_are_not_used_as_logits() {
         std::fs::remove_file(&output).unwrap();
     }
 }
+
+/// Slow (about two minutes): issue "Beyond one patch", two triggers to two
+/// targets (models/attack_two_targets.onnx: a 3x3 patch to class 3, a 4x4
+/// grey patch to class 7), ibau's defaults on 1000 clean samples. The scan
+/// flags one target; the other joins in a later round when the targeted
+/// search finds its radius standing out from the median, so both triggers'
+/// ASR ends under 20%, every round unlearns class 7, and the report's
+/// `unlearned` names both.
+#[test]
+fn both_targets_of_a_two_trigger_backdoor_are_unlearned() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("two_clean.onnx");
+    let report = dir.path().join("report.json");
+    let model = common::fixture("attack_two_targets.onnx");
+    let out = ibau(&[
+        "sanitize",
+        model.to_str().unwrap(),
+        "--clean",
+        FASHION,
+        "--clean-range",
+        "0:1000",
+        "--test",
+        FASHION,
+        "--test-range",
+        "5000:6000",
+        "--trigger",
+        "patch:size=3,value=1,row=24,col=24",
+        "--target",
+        "3",
+        "--trigger",
+        "patch:size=4,value=0.6,row=0,col=0",
+        "--target",
+        "7",
+        "--device",
+        "cpu",
+        "-o",
+        output.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let asr = |when: &str| -> Vec<f64> {
+        json[when]["attacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["asr"].as_f64().unwrap())
+            .collect()
+    };
+    assert!(asr("before").iter().all(|&a| a > 0.9), "{json}");
+    assert!(asr("after").iter().all(|&a| a < 0.2), "{json}");
+    let mut unlearned: Vec<i64> = json["unlearned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_i64().unwrap())
+        .collect();
+    unlearned.sort_unstable();
+    assert_eq!(unlearned, [3, 7], "{json}");
+    for round in json["rounds"].as_array().unwrap() {
+        let classes = round["targeted"]["classes"].as_array().unwrap();
+        assert!(classes.contains(&serde_json::json!(7)), "{round}");
+    }
+    let acc = |when: &str| json[when]["acc"].as_f64().unwrap();
+    assert!(acc("before") - acc("after") <= 0.03, "{json}");
+}

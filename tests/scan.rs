@@ -347,8 +347,8 @@ fn sanitize_until_clean_stops_when_the_scan_says_clean() {
 
 /// Issue "Beyond one patch", no harm: a model the scan finds clean trains
 /// under the accuracy guard, which keeps its accuracy on held-back clean
-/// samples within half a point (undoing a round that loses more), and the
-/// report says what happened.
+/// samples within half a point (the last round within it is written), and
+/// the report says what happened.
 #[test]
 fn sanitize_guards_the_accuracy_of_a_model_the_scan_finds_clean() {
     let dir = tempfile::tempdir().unwrap();
@@ -385,9 +385,20 @@ fn sanitize_guards_the_accuracy_of_a_model_the_scan_finds_clean() {
         after >= before - 0.005,
         "guard let {before} -> {after} through"
     );
-    let rounds = r["rounds"].as_array().unwrap().len();
-    match g["undone_round"].as_u64() {
-        Some(undone) => assert_eq!(undone as usize, rounds + 1, "{r}"),
-        None => assert_eq!(rounds, 2, "{r}"),
+    // Every round is run and reported; the guard names the one written.
+    assert_eq!(r["rounds"].as_array().unwrap().len(), 2, "{r}");
+    let kept = g["kept_round"].as_u64().unwrap();
+    let over: Vec<u64> = g["over_budget"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    // Written: the last round within the budget, or the model as it came.
+    let within = (1..=2).filter(|r| !over.contains(r)).max().unwrap_or(0);
+    assert_eq!(kept, within, "{r}");
+    if kept == 0 {
+        assert_eq!(r["unlearned"], serde_json::json!([]), "{r}");
+        assert_eq!(after, before, "{r}");
     }
 }

@@ -115,8 +115,9 @@ def main() -> None:
             unlearned = ",".join(map(str, r.get("unlearned", []))) or "-"
             guard = r.get("guard")
             if guard:
-                unlearned += " (guard" + (f", round {guard['undone_round']} undone"
-                                          if guard.get("undone_round") else "") + ")"
+                unlearned += f" (guard: round {guard['kept_round']} written" + (
+                    f", over budget {','.join(map(str, guard['over_budget']))}"
+                    if guard.get("over_budget") else "") + ")"
             print(f"| {name} | {row['attack']} | {n} | {pct(before.get('acc'))} | "
                   f"{pct(after.get('acc'))} | {' / '.join(pct(a) for a in asr_b) or '-'} | "
                   f"{' / '.join(pct(a) for a in asr_a) or '-'} | {len(r['rounds'])} | "

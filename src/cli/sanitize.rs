@@ -336,9 +336,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             100.0 * g.acc_before,
             100.0 * g.acc_after,
             g.held_back,
-            g.undone_round
-                .map(|r| format!("; round {r} lost more than 0.5 points and was undone"))
-                .unwrap_or_default()
+            match (g.kept_round, g.over_budget.as_slice()) {
+                (_, []) => String::new(),
+                (0, _) => "; every round lost more than 0.5 points: the weights are written as they came".to_string(),
+                (kept, over) => format!(
+                    "; the weights of round {kept} are written (round(s) {} lost more than 0.5 points)",
+                    over.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }
         );
     }
 
@@ -541,7 +546,7 @@ impl Observer for Progress<'_> {
                     if self.force {
                         ": the model shows no backdoor; sanitizing anyway (--force)"
                     } else {
-                        ": the model shows no backdoor; training under an accuracy guard (a round that loses more than 0.5 points of clean accuracy is undone; --force trains without it)"
+                        ": the model shows no backdoor; training under an accuracy guard (the last round within 0.5 points of the clean accuracy it started with is written; --force trains without it)"
                     }
                 } else {
                     ""

@@ -357,8 +357,12 @@ pub fn unlearn(
         let perturbation = &perturbations[0];
         let (perturbed_class, perturbed_share) =
             perturbed_majority(model, &clean[0].images, perturbation)?;
-        for (b, batch) in clean.iter().enumerate() {
-            // Several perturbations (several targets): the batches take turns.
+        // Several perturbations (several targets): the batches take turns,
+        // and a clean set of fewer batches than perturbations goes round
+        // again, so that every perturbation is unlearned in every round.
+        let outer_steps = clean.len().max(perturbations.len());
+        for b in 0..outer_steps {
+            let batch = &clean[b % clean.len()];
             let perturbation = &perturbations[b % perturbations.len()];
             let mask = poison_mask(&batch.images, config.poison_share)?;
             let grads = hypergradient(model, perturbation, batch, &mask, &clean[0], config)?;
@@ -367,7 +371,7 @@ pub fn unlearn(
                 round,
                 Phase::Unlearn {
                     step: b + 1,
-                    steps: clean.len(),
+                    steps: outer_steps,
                 },
             );
         }
