@@ -418,7 +418,9 @@ pub fn sanitize(
     )?;
     // The rounds whose weights are written: all, or up to the one the guard
     // kept.
-    let written = &rounds[..guard.as_ref().map_or(rounds.len(), |g| g.kept_round)];
+    let written = &rounds[..guard
+        .as_ref()
+        .map_or(rounds.len(), |g| g.kept_round.min(rounds.len()))];
     let unlearned = written
         .last()
         .and_then(|r| r.stats.targeted.as_ref())
