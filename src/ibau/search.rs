@@ -8,7 +8,8 @@
 //!   shrunk to the smallest L2 radius that still sends 90% of the samples to
 //!   its class; every round unlearns the class that needed the smallest radius
 //!   in the first round (the backdoor's target: its trigger is a short cut
-//!   every input shares). Measured on Keras, JAX and PyTorch
+//!   every input shares), or the scan's targets, and from the second round
+//!   on any class that comes to stand out from the median (a second target). Measured on Keras, JAX and PyTorch
 //!   exports, the paper's search finds a natural universal perturbation (a
 //!   "bag" or "sandal" shape that fools 100% of a batch at radius 10) rather
 //!   than the trigger, and the backdoor stays; see README.md.
