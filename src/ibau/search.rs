@@ -9,10 +9,11 @@
 //!   its class; every round unlearns the class that needed the smallest radius
 //!   in the first round (the backdoor's target: its trigger is a short cut
 //!   every input shares), or the scan's targets, and from the second round
-//!   on any class that comes to stand out from the median (a second target). Measured on Keras, JAX and PyTorch
-//!   exports, the paper's search finds a natural universal perturbation (a
-//!   "bag" or "sandal" shape that fools 100% of a batch at radius 10) rather
-//!   than the trigger, and the backdoor stays; see README.md.
+//!   on any class that comes to stand out from the median (a second
+//!   target). Measured on Keras, JAX and PyTorch exports, the paper's
+//!   search finds a natural universal perturbation (a "bag" or "sandal"
+//!   shape that fools 100% of a batch at radius 10) rather than the
+//!   trigger, and the backdoor stays; see README.md.
 
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -461,11 +462,10 @@ pub fn targeted_search(
     // when it stands out from the median as a trigger's target does (one
     // per round). Not in the first round: there the scan decides, and on
     // the JAX CNN a natural class stands 1.5x under the median then.
-    let later_round = memory.classes.is_some();
-    if let Some(at) = (0..found.len())
-        .filter(|&i| later_round && !unlearned.contains(&searched[i]))
-        .min_by(|&a, &b| found[a].total_cmp(&found[b]))
-    {
+    let easiest_other = (0..found.len())
+        .filter(|&i| !unlearned.contains(&searched[i]))
+        .min_by(|&a, &b| found[a].total_cmp(&found[b]));
+    if let (Some(_), Some(at)) = (&memory.classes, easiest_other) {
         if found[at] * EXTRA_TARGET_RATIO <= median {
             unlearned.push(searched[at]);
         }
