@@ -145,9 +145,10 @@ pub struct Args {
     pub until_clean: bool,
     /// Train without the accuracy guard when the scan before says clean.
     /// Without it, a model the scan finds clean trains on four fifths of
-    /// the clean samples, the rest (at most 1000) held back: a round that
-    /// loses more than 0.5 points of their accuracy is undone and ends the
-    /// rounds (unlearning a backdoor that is not there only costs accuracy).
+    /// the clean samples, the rest (at most 1000) held back, and the weights
+    /// written are those of the last round within 0.5 points of their
+    /// accuracy before, or the model as it came (unlearning a backdoor that
+    /// is not there only costs accuracy).
     #[arg(long)]
     pub force: bool,
     /// Also unlearn the paper's untargeted universal perturbation in every
