@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod export;
 pub mod graph;
 pub mod ibau;
+pub mod inputs;
 pub mod inspect;
 pub mod limits;
 pub mod model;

@@ -90,7 +90,7 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> TorchScriptError + '_ {
 pub fn detect(path: &Path) -> Result<FileKind, TorchScriptError> {
     let io = io_error(path);
     let mut head = [0u8; 4];
-    let mut file = std::fs::File::open(path).map_err(&io)?;
+    let mut file = crate::inputs::open_regular(path).map_err(&io)?;
     let n = file.read(&mut head).map_err(&io)?;
     if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
         return Ok(FileKind::LegacyPickle);
@@ -98,7 +98,7 @@ pub fn detect(path: &Path) -> Result<FileKind, TorchScriptError> {
     if n < 4 || head != *b"PK\x03\x04" {
         return Ok(FileKind::Onnx);
     }
-    let file = std::fs::File::open(path).map_err(&io)?;
+    let file = crate::inputs::open_regular(path).map_err(&io)?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| TorchScriptError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),

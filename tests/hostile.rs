@@ -530,6 +530,58 @@ fn nothing_hangs_on_huge_constants_fifos_or_long_graphs() {
     );
 }
 
+/// A data file, a labels file or a model that is a FIFO or a device is
+/// refused at once: opening a FIFO for reading would wait for a writer for
+/// ever, a device would stream without end.
+#[test]
+fn data_files_that_are_fifos_or_devices_are_refused_not_waited_on() {
+    let vgg = common::fixture(VGG);
+    let dir = tempfile::tempdir().unwrap();
+    let mkfifo = |name: &str| {
+        let path = dir.path().join(name);
+        let c_path = std::ffi::CString::new(s(&path)).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        path
+    };
+    for name in ["pipe-images-idx3-ubyte.gz", "pipe.npz", "pipe.npy"] {
+        let fifo = mkfifo(name);
+        assert_refused(
+            &run(&["eval", s(&vgg), "--data", s(&fifo)]),
+            "not a regular file",
+        );
+        assert_refused(&run(&["eval", s(&vgg), "--data", s(&fifo)]), name);
+        // scan reports per model (stdout), then a summary line.
+        let scan = run(&["scan", s(&vgg), "--clean", s(&fifo)]);
+        let all = format!("{}{}", String::from_utf8_lossy(&scan.stdout), scan.stderr);
+        assert_eq!(scan.code, Some(2), "{all}");
+        assert!(
+            all.contains(&format!("`{}`: not a regular file", s(&fifo))),
+            "{all}"
+        );
+        assert!(!all.contains("panicked"), "{all}");
+        assert_refused(
+            &run(&[
+                "sanitize",
+                s(&vgg),
+                "--clean",
+                s(&fifo),
+                "-o",
+                s(&dir.path().join("o.onnx")),
+            ]),
+            "not a regular file",
+        );
+    }
+    assert_refused(&run(&["eval", s(&vgg), "--data", "/dev/zero"]), "/dev/zero");
+    // Regular images whose labels file (found by its name) is a FIFO.
+    let images = dir.path().join("t-images-idx3-ubyte.gz");
+    std::fs::copy(FASHION, &images).unwrap();
+    let labels = mkfifo("t-labels-idx1-ubyte.gz");
+    assert_refused(
+        &run(&["eval", s(&vgg), "--data", s(&images), "--range", "0:10"]),
+        s(&labels),
+    );
+}
+
 // 7. ------------------------------------------------------------------------
 
 #[test]

@@ -10,7 +10,6 @@
 //! file's size, and the memory budget of [`crate::limits`]) before the data;
 //! a gzip stream is never inflated past that size.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -67,7 +66,7 @@ fn elem_name(elem: u8) -> &'static str {
 /// against the memory budget) before any data is read, and a gzip stream is
 /// never inflated past it.
 fn read_idx(path: &Path) -> Result<Idx, DataError> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = crate::inputs::open_regular(path).map_err(|e| DataError::io(path, e))?;
     let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     let mut file = BufReader::new(file);
     let head = file.fill_buf().map_err(|e| DataError::io(path, e))?;

@@ -431,7 +431,7 @@ enum Sniffed {
 /// Detects the format from the first bytes (through gzip when compressed).
 fn sniff(path: &Path) -> Result<Sniffed, DataError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = crate::inputs::open_regular(path).map_err(|e| DataError::io(path, e))?;
     let mut head = Vec::with_capacity(8);
     file.take(8)
         .read_to_end(&mut head)
@@ -443,7 +443,7 @@ fn sniff(path: &Path) -> Result<Sniffed, DataError> {
         return Ok(Sniffed::Npy);
     }
     let magic = if head.starts_with(&[0x1f, 0x8b]) {
-        let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        let file = crate::inputs::open_regular(path).map_err(|e| DataError::io(path, e))?;
         let mut inner = Vec::with_capacity(4);
         flate2::read::GzDecoder::new(file)
             .take(4)

@@ -304,7 +304,7 @@ struct NpyFile<'a>(&'a Path);
 
 impl ArraySource for NpyFile<'_> {
     fn open(&mut self) -> Result<(Box<dyn Read + '_>, u64), DataError> {
-        let file = File::open(self.0).map_err(|e| DataError::io(self.0, e))?;
+        let file = crate::inputs::open_regular(self.0).map_err(|e| DataError::io(self.0, e))?;
         let len = file.metadata().map_err(|e| DataError::io(self.0, e))?.len();
         Ok((Box::new(BufReader::new(file)), len))
     }
@@ -593,7 +593,7 @@ fn build_dataset(
 }
 
 fn open_npz(path: &Path) -> Result<Npz, DataError> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = crate::inputs::open_regular(path).map_err(|e| DataError::io(path, e))?;
     zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| DataError::format(path, format!("not a valid .npz archive: {e}")))
 }

@@ -417,21 +417,7 @@ impl FromStr for Trigger {
 /// would block, a device never end), checked on the open file. The readers
 /// then bound what they read by the file's size and the memory budget.
 fn open_regular(path: &Path) -> Result<std::fs::File, DataError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Non-blocking, so that a FIFO is refused below instead of waited on.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| DataError::io(path, e))?;
-    let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
-    if !meta.is_file() {
-        return Err(DataError::format(
-            path,
-            "not a regular file (a FIFO, a device or a folder)",
-        ));
-    }
-    Ok(file)
+    crate::inputs::open_regular(path).map_err(|e| DataError::io(path, e))
 }
 
 /// Reads a pattern or mask file into float `[C, H, W]`.

@@ -69,10 +69,13 @@ impl Model {
     /// Reads, decodes and checks a model file, loading its external data.
     pub fn load(path: impl AsRef<Path>) -> Result<Model, OnnxError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
+        let io = |source| OnnxError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut file = crate::inputs::open_regular(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
         // One buffer: the initializers' `raw_data` are slices of it.
         let mut proto = decode_model(path, bytes::Bytes::from(bytes))?;
         let dir = path

@@ -43,25 +43,20 @@ pub enum MergeError {
 /// memory budget before reading it. Used for every JSON file the scan reads:
 /// reports, the manifest, cache entries.
 pub fn read_bytes(path: &Path, what: &'static str) -> Result<Vec<u8>, MergeError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let read_error = |source| MergeError::Read {
         path: path.to_path_buf(),
         source,
     };
-    // Non-blocking, so that a FIFO is refused below instead of waited on.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(read_error)?;
-    // Checked on the open file: it cannot be swapped after the check.
-    let meta = file.metadata().map_err(read_error)?;
-    if !meta.is_file() {
-        return Err(MergeError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
-    let length = meta.len();
+    let file = crate::inputs::open_regular(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            MergeError::NotAFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            read_error(e)
+        }
+    })?;
+    let length = file.metadata().map_err(read_error)?.len();
     limits::check_bytes(length as u128, what).map_err(|source| MergeError::TooLarge {
         path: path.to_path_buf(),
         source,

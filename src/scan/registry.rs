@@ -260,7 +260,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let io = |e: std::io::Error| crate::Error::Model(format!("reading `{}`: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut file = crate::inputs::open_regular(path).map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
