@@ -56,12 +56,15 @@ pub const GUARD_LOSS: f64 = 0.005;
 /// training and its accuracy measured after every round; the weights
 /// written are those of the last round that is within [`GUARD_LOSS`] of
 /// the start (the model as it came when none is), so that a round that
-/// costs accuracy can be made good by the next one.
+/// costs accuracy can be made good by the next one. A clean set of a single
+/// batch leaves nothing to hold back: then no round runs and the model is
+/// written as it came (`held_back` 0).
 #[derive(Debug, Clone, Serialize)]
 pub struct Guard {
+    /// Clean samples held back (`0`: a single batch, no round ran).
     pub held_back: usize,
-    /// Accuracy on the held-back samples before any round, and of the
-    /// weights written.
+    /// Accuracy on the held-back samples (on the single batch when none
+    /// are) before any round, and of the weights written.
     pub acc_before: f64,
     pub acc_after: f64,
     /// The round whose weights are written (`0`: the model as it came).
@@ -382,22 +385,16 @@ pub fn sanitize(
         train_batches = to_batches(&kept)?;
         (&train_batches, to_batches(&back)?)
     } else if guarded {
-        // One batch: it is both trained on and guarded.
-        (
-            &batches,
-            batches
-                .iter()
-                .map(|b| Batch {
-                    images: b.images.shallow_clone(),
-                    labels: b.labels.shallow_clone(),
-                })
-                .collect(),
-        )
+        // One batch: nothing can be held back to measure what training
+        // costs, so no round runs (the guard says so; --force trains).
+        (&batches, Vec::new())
     } else {
         (&batches, Vec::new())
     };
     // Every class the scan flags is unlearned.
+    let declined = guarded && held.is_empty();
     let ibau_config = Config {
+        rounds: if declined { 0 } else { config.ibau.rounds },
         targets: scan_before
             .as_ref()
             .map(|v| v.targets.clone())
@@ -410,12 +407,16 @@ pub fn sanitize(
         train,
         config,
         &ibau_config,
-        guarded.then_some(held.as_slice()),
+        guarded.then_some(if declined { train } else { held.as_slice() }),
         &mut guard,
         &measure,
         &scan,
         observer,
     )?;
+    if let (true, Some(g)) = (declined, guard.as_mut()) {
+        // Its accuracies are those of the one batch; nothing was held back.
+        g.held_back = 0;
+    }
     // The rounds whose weights are written: all, or up to the one the guard
     // kept.
     let written = &rounds[..guard

@@ -355,22 +355,26 @@ fn sanitize_guards_the_accuracy_of_a_model_the_scan_finds_clean() {
     let input = common::fixture("clean_jax_cnn.onnx");
     let output = dir.path().join("guarded.onnx");
     let report = dir.path().join("report.json");
-    let out = ibau(&[
-        "sanitize",
-        s(&input),
-        "--clean",
-        FASHION,
-        "--clean-range",
-        "0:1000",
-        "--rounds",
-        "2",
-        "--device",
-        "cpu",
-        "-o",
-        s(&output),
-        "--report",
-        s(&report),
-    ]);
+    // The first 1000 clean samples, with `extra`.
+    let sanitize = |output: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sanitize",
+            s(&input),
+            "--clean",
+            FASHION,
+            "--clean-range",
+            "0:1000",
+            "--device",
+            "cpu",
+            "-o",
+            s(output),
+            "--report",
+            s(&report),
+        ];
+        args.extend_from_slice(extra);
+        ibau(&args)
+    };
+    let out = sanitize(&output, &["--rounds", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("accuracy guard"), "{}", stderr(&out));
     let r = json(&std::fs::read_to_string(&report).unwrap());
@@ -401,4 +405,30 @@ fn sanitize_guards_the_accuracy_of_a_model_the_scan_finds_clean() {
         assert_eq!(r["unlearned"], serde_json::json!([]), "{r}");
         assert_eq!(after, before, "{r}");
     }
+
+    // The same samples as one batch: nothing can be held back, so no round
+    // runs and the model is written as it came.
+    let single = dir.path().join("single.onnx");
+    let out = sanitize(&single, &["--batch-size", "1000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("single batch"), "{}", stderr(&out));
+    let r = json(&std::fs::read_to_string(&report).unwrap());
+    assert_eq!(r["scan_before"]["verdict"], "clean", "{r}");
+    assert_eq!(r["guard"]["held_back"], 0, "{r}");
+    assert_eq!(r["guard"]["kept_round"], 0, "{r}");
+    assert_eq!(r["rounds"], serde_json::json!([]), "{r}");
+    let acc = |model: &Path| {
+        let out = ibau(&[
+            "eval",
+            s(model),
+            "--data",
+            FASHION,
+            "--range",
+            "5000:5200",
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        json(&String::from_utf8_lossy(&out.stdout))["acc"].clone()
+    };
+    assert_eq!(acc(&single), acc(&input));
 }

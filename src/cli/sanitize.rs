@@ -331,7 +331,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     progress.force = args.force;
     let report = ibau::sanitize(&mut model, &clean, &config, &plan, &mut progress)?;
     progress.finish();
-    if let Some(g) = &report.guard {
+    if let Some(g) = report.guard.as_ref().filter(|g| g.held_back == 0) {
+        eprintln!(
+            "accuracy guard (the scan found no backdoor): the clean set is a single batch ({:.2}% accurate), so nothing can be held back to measure what training costs; no round ran and the weights are written as they came (give more samples than --batch-size, or --force to train anyway)",
+            100.0 * g.acc_before
+        );
+    } else if let Some(g) = &report.guard {
         eprintln!(
             "accuracy guard (the scan found no backdoor): {:.2}% -> {:.2}% on {} held-back clean samples{}",
             100.0 * g.acc_before,
