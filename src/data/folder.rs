@@ -46,12 +46,19 @@ fn is_image_file(p: &Path) -> bool {
 /// A reader for an image file (format from its contents) whose decoder may
 /// allocate up to the memory budget: image's own default (512 MiB) would
 /// refuse images that the budget allows, and a header that lies about its
-/// size still fails cleanly.
+/// size still fails cleanly. Opened as a regular file or not at all (an
+/// entry swapped for a FIFO after the listing is refused, not waited on).
 fn image_reader(
     path: &Path,
 ) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, DataError> {
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
+    let file = crate::inputs::open_regular(path).map_err(|e| DataError::io(path, e))?;
+    let mut reader = image::ImageReader::new(std::io::BufReader::new(file));
+    // As `ImageReader::open`: the extension's format, unless the contents
+    // say otherwise.
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let mut reader = reader
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
     let mut limits = image::Limits::default();
