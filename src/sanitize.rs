@@ -385,9 +385,9 @@ pub fn sanitize(
         train_batches = to_batches(&kept)?;
         (&train_batches, to_batches(&back)?)
     } else {
-        // Guarded with one batch: nothing can be held back to measure what
-        // training costs, so no round runs (the guard says so; --force
-        // trains).
+        // Unguarded: every sample trains. Guarded with one batch: nothing
+        // can be held back to measure what training costs, so no round runs
+        // (the guard says so; --force trains).
         (&batches, Vec::new())
     };
     // Every class the scan flags is unlearned.
