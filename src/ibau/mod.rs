@@ -14,11 +14,13 @@
 //! The model stays in inference mode throughout: the imported graph has no
 //! training behaviour (BatchNorm uses running statistics, Dropout is identity).
 
+mod mask;
 pub mod optim;
 mod search;
 
 use tch::{Device, Kind, Reduction, Tensor};
 
+pub use mask::{mask_gradient, untargeted_mask_search, MaskStats, MaskTrigger, MASK_SHARE};
 pub use optim::{Optimizer, OptimizerKind};
 pub use search::{
     fooled_shares, narrows, perturbation_search, project, screen, screen_steps, targeted_search,
@@ -82,6 +84,10 @@ pub struct Config {
     /// round of the targeted search (attacks without one easiest target:
     /// all-to-all, sample-specific triggers).
     pub untargeted: bool,
+    /// Also unlearn a universal mask trigger found by an untargeted search
+    /// in every round of the targeted search ([`untargeted_mask_search`]):
+    /// the fallback for a backdoor the scan does not see (all-to-all).
+    pub mask_fallback: bool,
     /// SGD learning rate of the perturbation search.
     pub perturbation_lr: f64,
     /// Radius of the L2 ball the perturbation is projected into.
@@ -113,6 +119,7 @@ impl Default for Config {
             candidates: DEFAULT_CANDIDATES,
             targets: Vec::new(),
             untargeted: false,
+            mask_fallback: false,
             perturbation_lr: 10.0,
             perturbation_radius: 10.0,
             perturbation_steps: None,
@@ -131,7 +138,7 @@ pub struct Batch {
     pub labels: Tensor,
 }
 
-fn cross_entropy(
+pub(crate) fn cross_entropy(
     logits: &Tensor,
     labels: &Tensor,
     reduction: Reduction,
@@ -285,6 +292,9 @@ pub struct RoundStats {
     pub perturbed_share: f64,
     /// What the targeted search found (`None` with the paper's search).
     pub targeted: Option<TargetedStats>,
+    /// What the fallback mask search found (`None` without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<MaskStats>,
 }
 
 /// The most frequent prediction on `images + perturbation`, and its share.
@@ -354,18 +364,37 @@ pub fn unlearn(
         if config.untargeted && config.search == Search::Targeted {
             perturbations.push(perturbation_search(model, clean, config, &mut |_, _| {})?);
         }
+        let trigger = if config.mask_fallback && config.search == Search::Targeted {
+            Some(untargeted_mask_search(
+                model,
+                clean,
+                config,
+                search::MIN_TARGETED_STEPS,
+                &mut |step, steps| on_step(round, Phase::Search { step, steps }),
+            )?)
+        } else {
+            None
+        };
         let perturbation = &perturbations[0];
         let (perturbed_class, perturbed_share) =
             perturbed_majority(model, &clean[0].images, perturbation)?;
-        // Several perturbations (several targets): the batches take turns,
-        // and a clean set of fewer batches than perturbations goes round
-        // again, so that every perturbation is unlearned in every round.
-        let outer_steps = clean.len().max(perturbations.len());
+        // Several perturbations (several targets, the mask trigger): the
+        // batches take turns, and a clean set of fewer batches than
+        // perturbations goes round again, so that every perturbation is
+        // unlearned in every round.
+        let turns = perturbations.len() + usize::from(trigger.is_some());
+        let outer_steps = clean.len().max(turns);
         for b in 0..outer_steps {
             let batch = &clean[b % clean.len()];
-            let perturbation = &perturbations[b % perturbations.len()];
-            let mask = poison_mask(&batch.images, config.poison_share)?;
-            let grads = hypergradient(model, perturbation, batch, &mask, &clean[0], config)?;
+            let grads = match (perturbations.get(b % turns), &trigger) {
+                (Some(perturbation), _) => {
+                    let mask = poison_mask(&batch.images, config.poison_share)?;
+                    hypergradient(model, perturbation, batch, &mask, &clean[0], config)?
+                }
+                // The turn after the perturbations' is the mask trigger's.
+                (None, Some(t)) => mask_gradient(model, t, batch)?,
+                (None, None) => continue,
+            };
             optimizer.step(model.parameters(), &grads)?;
             on_step(
                 round,
@@ -387,6 +416,7 @@ pub fn unlearn(
             perturbed_class,
             perturbed_share,
             targeted,
+            mask: trigger.as_ref().map(MaskTrigger::stats),
         };
         let flow = on_round(&s)?;
         stats.push(s);
