@@ -541,3 +541,53 @@ fn both_targets_of_a_two_trigger_backdoor_are_unlearned() {
     let acc = |when: &str| json[when]["acc"].as_f64().unwrap();
     assert!(acc("before") - acc("after") <= 0.03, "{json}");
 }
+
+/// `--mask-fallback` finds the all-to-all fixture's patch, which no
+/// additive search ranks first (a 4x4 patch is small in L1, not in L2):
+/// one round with 1000 clean samples and no guard brings the all-to-all
+/// ASR under 20% with at most 3 points of ACC lost, and the round's
+/// report gives the mask trigger's size. Measured when written: ASR 90.70%
+/// -> 2.00%, ACC 91.00% -> 89.70%, a mask of 23 input elements (39 s).
+#[test]
+fn an_all_to_all_backdoor_goes_with_the_mask_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("all2all_clean.onnx");
+    let report = dir.path().join("report.json");
+    let model = common::fixture("attack_all2all.onnx");
+    let out = ibau(&[
+        "sanitize",
+        model.to_str().unwrap(),
+        "--clean",
+        FASHION,
+        "--clean-range",
+        "0:1000",
+        "--test",
+        FASHION,
+        "--test-range",
+        "5000:6000",
+        "--trigger",
+        "patch:size=4,value=1,row=1,col=23",
+        "--target",
+        "next",
+        "--rounds",
+        "1",
+        "--force",
+        "--mask-fallback",
+        "--device",
+        "cpu",
+        "-o",
+        output.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let asr = |when: &str| json[when]["attacks"][0]["asr"].as_f64().unwrap();
+    assert!(asr("before") > 0.8, "{json}");
+    assert!(asr("after") < 0.2, "{json}");
+    let acc = |when: &str| json[when]["acc"].as_f64().unwrap();
+    assert!(acc("before") - acc("after") <= 0.03, "{json}");
+    let mask = &json["rounds"][0]["mask"];
+    let coverage = mask["coverage"].as_f64().unwrap();
+    assert!(coverage > 0.0 && coverage < 0.25, "{mask}");
+}
