@@ -158,9 +158,10 @@ pub struct Args {
     pub untargeted: bool,
     /// Also unlearn a universal mask trigger (Neural Cleanse's form) found
     /// by an untargeted search in every round of the targeted search, with
-    /// 20% of every outer batch stamped. On by default when the scan before
-    /// says clean (the fallback for all-to-all backdoors the per-class
-    /// scan misses); this flag turns it on whatever the scan says.
+    /// 20% of every outer batch stamped: the fallback for all-to-all
+    /// backdoors, which the per-class scan misses (it then says clean, so
+    /// combine with `--force` to train without the accuracy guard). Off by
+    /// default: its cost on clean models is not measured yet.
     #[arg(long)]
     pub mask_fallback: bool,
     #[command(flatten)]
