@@ -17,18 +17,12 @@
 
 use tch::{Kind, Reduction, Tensor};
 
-use super::{cross_entropy, poison_mask, Batch, Classifier, Config, TrainError};
+use super::search::{FOOLING, GROW, SHRINK, STEP, TAIL};
+use super::{cross_entropy, defined_or_zeros, poison_mask, Batch, Classifier, Config, TrainError};
 
-/// Share of the images the trigger must move off their class.
-const FOOLING: f64 = 0.9;
-const SHRINK: f64 = 0.9;
-const GROW: f64 = 1.1;
-/// Mask step, as a fraction of the current budget (L1-normalised gradient).
-const STEP: f64 = 0.25;
-/// Signed-gradient step of the pattern, as a share of the inputs' range.
+/// Signed-gradient step of the pattern, as a share of the inputs' range (the
+/// budget schedule is the targeted search's).
 const PATTERN_STEP: f64 = 0.05;
-/// Steps at the end of the search whose budgets are averaged.
-const TAIL: usize = 10;
 /// Share of every outer batch stamped with the trigger while unlearning
 /// (Neural Cleanse unlearns with 20% of the clean data stamped).
 pub const MASK_SHARE: f64 = 0.2;
@@ -54,6 +48,15 @@ impl MaskTrigger {
         Ok(x.f_mul(&m.f_neg()?.f_add_scalar(1.0)?)?
             .f_add(&m.f_mul(&self.pattern)?)?)
     }
+
+    pub fn stats(&self) -> MaskStats {
+        let elements = self.mask.numel().max(1) as f64;
+        MaskStats {
+            size: self.size,
+            coverage: self.size / elements,
+            fooled: self.fooled,
+        }
+    }
 }
 
 /// What the fallback search found in a round, for reports.
@@ -65,17 +68,6 @@ pub struct MaskStats {
     pub coverage: f64,
     /// Share of the last search step's images it moved off their class.
     pub fooled: f64,
-}
-
-impl MaskTrigger {
-    pub fn stats(&self) -> MaskStats {
-        let elements = self.mask.numel().max(1) as f64;
-        MaskStats {
-            size: self.size,
-            coverage: self.size / elements,
-            fooled: self.fooled,
-        }
-    }
 }
 
 /// The untargeted mask search on the clean batches: one step per batch and
@@ -193,12 +185,6 @@ pub fn mask_gradient(
     params
         .iter()
         .zip(grads)
-        .map(|(p, g)| {
-            if g.defined() {
-                Ok(g)
-            } else {
-                Ok(p.f_zeros_like()?)
-            }
-        })
+        .map(|(p, g)| defined_or_zeros(g, p))
         .collect()
 }

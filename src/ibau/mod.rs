@@ -271,7 +271,7 @@ pub fn hypergradient(
         .collect()
 }
 
-fn defined_or_zeros(grad: Tensor, like: &Tensor) -> Result<Tensor, TrainError> {
+pub(crate) fn defined_or_zeros(grad: Tensor, like: &Tensor) -> Result<Tensor, TrainError> {
     if grad.defined() {
         Ok(grad)
     } else {

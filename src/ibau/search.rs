@@ -31,16 +31,16 @@ pub enum Search {
 }
 
 /// Share of a class's samples its perturbation must send to it.
-const FOOLING: f64 = 0.9;
+pub(super) const FOOLING: f64 = 0.9;
 /// Radius change per step: shrink when fooling, grow when not.
-const SHRINK: f64 = 0.9;
-const GROW: f64 = 1.1;
+pub(super) const SHRINK: f64 = 0.9;
+pub(super) const GROW: f64 = 1.1;
 /// Gradient step, as a fraction of the class's current radius.
-const STEP: f64 = 0.25;
+pub(super) const STEP: f64 = 0.25;
 /// Images per search step, spread over the classes.
 const IMAGES_PER_STEP: i64 = 200;
 /// Steps at the end of the search whose radii are averaged.
-const TAIL: usize = 10;
+pub(super) const TAIL: usize = 10;
 /// Fewest steps of the targeted search when `--perturbation-steps` is not
 /// given: the radii need about 30 steps to settle from the L2 radius.
 pub const MIN_TARGETED_STEPS: usize = 50;
