@@ -3,9 +3,9 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::classifier::Classifier;
 use crate::data::{Attack, Dataset, Target};
 use crate::error::{bail, Result};
-use crate::ibau::Classifier;
 use crate::model::InputMap;
 
 /// Checks, on the first samples of `data`, that the model's class scores

@@ -3,6 +3,7 @@
 //! Pipeline: [`onnx`] (read/write `ModelProto`) -> graph import -> I-BAU ->
 //! export -> parity check.
 
+pub mod classifier;
 pub mod data;
 pub mod error;
 pub mod evaluate;
@@ -18,6 +19,7 @@ pub mod outputs;
 pub mod parity;
 pub mod sanitize;
 pub mod scan;
+pub mod search;
 pub mod torchscript;
 pub mod verify;
 

@@ -10,10 +10,11 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::classifier::Classifier;
 use crate::data::{self, Dataset, Layout};
 use crate::error::{bail, Error, Result};
 use crate::graph::{ops::Registry, rebatch, Graph, ImportOptions, ValueInfo};
-use crate::ibau::{Classifier, TrainError};
+use crate::ibau::TrainError;
 use crate::onnx::Model as OnnxFile;
 use crate::torchscript::{self, FileKind, TorchScript};
 

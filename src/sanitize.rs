@@ -92,6 +92,9 @@ pub struct ScanVerdict {
     /// than the one found before still sends there ([`scan::residual`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub residual: Vec<Residual>,
+    /// The scan's untargeted mask measurement ([`scan::Untargeted`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untargeted: Option<scan::Untargeted>,
 }
 
 /// What is left of a target the scan before found.
@@ -123,6 +126,7 @@ impl From<&ScanResult> for ScanVerdict {
             threshold: r.threshold,
             seconds: r.seconds,
             residual: Vec::new(),
+            untargeted: r.untargeted,
         }
     }
 }
@@ -392,8 +396,14 @@ pub fn sanitize(
     };
     // Every class the scan flags is unlearned.
     let declined = guarded && held.is_empty();
+    // A backdoor without one target (the scan's untargeted mask flagged,
+    // no class): the mask fallback unlearns a universal mask trigger too.
+    let all_to_all = scan_before
+        .as_ref()
+        .is_some_and(|v| v.verdict == Verdict::Backdoor && v.targets.is_empty());
     let ibau_config = Config {
         rounds: if declined { 0 } else { config.ibau.rounds },
+        mask_fallback: config.ibau.mask_fallback || all_to_all,
         targets: scan_before
             .as_ref()
             .map(|v| v.targets.clone())

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
-use crate::ibau::{Classifier, TrainError};
+use crate::classifier::Classifier;
+use crate::ibau::TrainError;
 
 /// What a model file is, judged from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

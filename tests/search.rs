@@ -233,6 +233,8 @@ fn search_steps_hold_at_most_max_batch_images_whatever_the_class_count() {
         let config = ibau::scan::ScanConfig {
             steps: 2,
             per_class: 2,
+            focus: 3,
+            thorough_steps: 2,
             max_batch: MAX_BATCH as i64,
             ..Default::default()
         };

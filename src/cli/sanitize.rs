@@ -560,8 +560,16 @@ impl Observer for Progress<'_> {
                     .map(i64::to_string)
                     .collect::<Vec<_>>()
                     .join(", ");
-                let what = match verdict.verdict {
-                    ibau::scan::Verdict::Backdoor => format!("backdoor, target class {targets}"),
+                let what = match (verdict.verdict, &verdict.untargeted) {
+                    (ibau::scan::Verdict::Backdoor, _) if !targets.is_empty() => {
+                        format!("backdoor, target class {targets}")
+                    }
+                    (ibau::scan::Verdict::Backdoor, Some(u)) => format!(
+                        "backdoor without one target: a universal mask trigger of {:.1} pixels, {:.1}x smaller than the median class's, moves {:.0}% of the clean images off their class (all-to-all); the mask fallback unlearns it",
+                        u.mask,
+                        u.score,
+                        100.0 * u.moved
+                    ),
                     _ => "clean".to_string(),
                 };
                 let note = if when == ScanWhen::Before

@@ -15,14 +15,11 @@
 //! layout): the mask has one value per input element and the pattern stays
 //! within the range of the clean inputs' values.
 
-use tch::{Kind, Reduction, Tensor};
+use tch::{Reduction, Tensor};
 
-use super::search::{FOOLING, GROW, SHRINK, STEP, TAIL};
 use super::{cross_entropy, defined_or_zeros, poison_mask, Batch, Classifier, Config, TrainError};
+use crate::search::{search, Budget, Family, Goal, MaskShape, Space};
 
-/// Signed-gradient step of the pattern, as a share of the inputs' range (the
-/// budget schedule is the targeted search's).
-const PATTERN_STEP: f64 = 0.05;
 /// Share of every outer batch stamped with the trigger while unlearning
 /// (Neural Cleanse unlearns with 20% of the clean data stamped).
 pub const MASK_SHARE: f64 = 0.2;
@@ -70,14 +67,12 @@ pub struct MaskStats {
     pub fooled: f64,
 }
 
-/// The untargeted mask search on the clean batches: one step per batch and
-/// at least `min_steps` (cycling), or `config.perturbation_steps`; each step
-/// takes up to `max_batch` images of its batch, measures the share the
-/// trigger moves off the model's own prediction (the budget shrinks by 10%
-/// when it is at least 90%, grows by 10% otherwise), then moves the mask
-/// down the gradient of `-log(1 - p_y)` by a quarter of the budget (L1-
-/// normalised), projects it into the L1 ball of the budget and moves the
-/// pattern by a signed step.
+/// The untargeted mask search on the clean batches, by the one engine
+/// ([`crate::search`], mask family, untargeted goal, masks per input
+/// element, patterns within the first batch's value range): one step per
+/// batch and at least `min_steps` (cycling), or
+/// `config.perturbation_steps`, each on up to `max_batch` images of its
+/// batch.
 pub fn untargeted_mask_search(
     model: &dyn Classifier,
     batches: &[Batch],
@@ -88,84 +83,44 @@ pub fn untargeted_mask_search(
     let first = batches
         .first()
         .ok_or_else(|| TrainError::Config("the clean set is empty".into()))?;
-    let device = model.device();
-    let kind = model.float_kind();
-    let mut sample = first.images.size();
-    sample[0] = 1;
-    let elements = sample.iter().product::<i64>() as f64;
-    let max_batch = config.max_batch.unwrap_or(2 * config.batch_size).max(1) as i64;
+    let max_batch = config.max_batch_or_default();
     let steps = config
         .perturbation_steps
         .unwrap_or(batches.len().max(min_steps));
-    let (lo, hi) = tch::no_grad(|| -> Result<(f64, f64), TrainError> {
+    let bounds = tch::no_grad(|| -> Result<(f64, f64), TrainError> {
         Ok((
             first.images.f_min()?.double_value(&[]),
             first.images.f_max()?.double_value(&[]),
         ))
     })?;
-    let range = (hi - lo).max(1e-6);
-    let mut budget = elements / 4.0;
-    let mut mask = Tensor::f_full(sample.as_slice(), budget / elements, (kind, device))?;
-    let mut pattern = Tensor::f_rand(sample.as_slice(), (kind, device))?
-        .f_mul_scalar(range)?
-        .f_add_scalar(lo)?;
-    let mut history = Vec::with_capacity(steps);
-    let mut fooled = 0.0;
-    for step in 0..steps {
+    let space = Space {
+        bounds,
+        clamp: false,
+        mask: MaskShape::Element,
+    };
+    let mut images = |step: usize| -> Result<Tensor, TrainError> {
         let batch = &batches[step % batches.len()];
         let n = batch.images.size()[0].min(max_batch);
-        let x = batch.images.f_narrow(0, 0, n)?;
-        let own = tch::no_grad(|| model.logits(&x))?
-            .f_argmax(-1, false)?
-            .f_view([n, 1])?;
-        let m = mask.f_detach()?.set_requires_grad(true);
-        let p = pattern.f_detach()?.set_requires_grad(true);
-        let stamped = x
-            .f_mul(&m.f_neg()?.f_add_scalar(1.0)?)?
-            .f_add(&m.f_mul(&p)?)?;
-        let logits = model.logits(&stamped)?.f_to_kind(Kind::Float)?;
-        fooled = logits
-            .detach()
-            .f_argmax(-1, false)?
-            .f_view([n, 1])?
-            .f_ne_tensor(&own)?
-            .f_to_kind(Kind::Double)?
-            .f_mean(Kind::Double)?
-            .double_value(&[]);
-        budget = (budget * if fooled >= FOOLING { SHRINK } else { GROW }).min(elements);
-        history.push(budget);
-        // log(1 - p_y) = logsumexp over the other classes - logsumexp.
-        let others = logits.f_scatter_value(1, &own, f64::NEG_INFINITY)?;
-        let leave = others
-            .f_logsumexp([1i64].as_slice(), false)?
-            .f_sub(&logits.f_logsumexp([1i64].as_slice(), false)?)?;
-        let loss = leave.f_neg()?.f_sum(Kind::Float)?;
-        let grads = Tensor::f_run_backward(&[&loss], &[&m, &p], false, false)?;
-        tch::no_grad(|| -> Result<(), TrainError> {
-            let g = &grads[0];
-            let l1 = g.f_abs()?.f_sum(Kind::Float)?.f_clamp_min(1e-12)?;
-            let moved = m
-                .f_sub(&g.f_div(&l1)?.f_mul_scalar(budget * STEP)?)?
-                .f_clamp(0.0, 1.0)?;
-            let size = moved.f_sum(Kind::Float)?.double_value(&[]);
-            mask = if size > budget {
-                moved.f_mul_scalar(budget / size)?
-            } else {
-                moved
-            };
-            pattern = p
-                .f_sub(&grads[1].f_sign()?.f_mul_scalar(PATTERN_STEP * range)?)?
-                .f_clamp(lo, hi)?;
-            Ok(())
-        })?;
-        progress(step + 1, steps);
-    }
-    let tail = &history[history.len().saturating_sub(TAIL)..];
+        Ok(batch.images.f_narrow(0, 0, n)?)
+    };
+    let found = search(
+        &mut |x: &Tensor| model.logits(x),
+        &mut images,
+        Family::Mask,
+        &Goal::Untargeted,
+        space,
+        &Budget::new(steps, max_batch),
+        progress,
+    )?;
+    let [mask, pattern]: [Tensor; 2] = found
+        .trigger(0)?
+        .try_into()
+        .map_err(|_| TrainError::Config("the mask search found no mask".into()))?;
     Ok(MaskTrigger {
         mask,
         pattern,
-        size: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
-        fooled,
+        size: found.budgets[0],
+        fooled: found.reached[0],
     })
 }
 

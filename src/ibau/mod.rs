@@ -20,39 +20,16 @@ mod search;
 
 use tch::{Device, Kind, Reduction, Tensor};
 
+pub use crate::search::{fooled_shares, narrows, screen, screen_steps, DEFAULT_CANDIDATES};
 pub use mask::{mask_gradient, untargeted_mask_search, MaskStats, MaskTrigger, MASK_SHARE};
 pub use optim::{Optimizer, OptimizerKind};
 pub use search::{
-    fooled_shares, narrows, perturbation_search, project, screen, screen_steps, targeted_search,
-    Search, SearchMemory, TargetedStats, DEFAULT_CANDIDATES,
+    perturbation_search, project, targeted_search, Search, SearchMemory, TargetedStats,
 };
 
-/// Errors while training.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("model: {0}")]
-    Model(String),
-    #[error(transparent)]
-    Graph(#[from] Box<crate::graph::GraphError>),
-    #[error("{0}")]
-    Torch(#[from] tch::TchError),
-    #[error("{0}")]
-    Config(String),
-}
-
-/// A classifier I-BAU can train: logits of a batch, and its trainable
-/// tensors. Implemented by the imported ONNX graph (and any other back end).
-pub trait Classifier {
-    /// Logits `[N, classes]` of a batch, differentiable (twice) w.r.t. the
-    /// input and the parameters.
-    fn logits(&self, x: &Tensor) -> Result<Tensor, TrainError>;
-    /// The trainable tensors (`requires_grad`).
-    fn parameters(&self) -> &[Tensor];
-    /// The device the model computes on.
-    fn device(&self) -> Device;
-    /// The float kind the model computes in.
-    fn float_kind(&self) -> Kind;
-}
+/// Errors while training: the classifier layer's ([`ModelError`]).
+pub use crate::classifier::ModelError as TrainError;
+pub use crate::classifier::{Batch, Classifier};
 
 /// Every I-BAU hyper-parameter; the defaults are the paper's.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -106,6 +83,14 @@ pub struct Config {
     pub seed: i64,
 }
 
+impl Config {
+    /// Perturbed images per forward pass of the searches: `max_batch`, or
+    /// twice the batch size.
+    pub fn max_batch_or_default(&self) -> i64 {
+        self.max_batch.unwrap_or(2 * self.batch_size).max(1) as i64
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -130,12 +115,6 @@ impl Default for Config {
             seed: 0,
         }
     }
-}
-
-/// A clean batch: images in the model's input space and integer labels.
-pub struct Batch {
-    pub images: Tensor,
-    pub labels: Tensor,
 }
 
 pub(crate) fn cross_entropy(

@@ -169,6 +169,7 @@ pub(super) mod fixtures {
             threshold: 2.0,
             classes: Vec::new(),
             screen: None,
+            untargeted: None,
             clean_samples: 100,
             seconds: 1.0,
         };

@@ -13,18 +13,20 @@ pub mod registry;
 pub mod report;
 pub mod sarif;
 pub mod search;
+pub mod thorough;
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::classifier::Classifier;
 use crate::data::Dataset;
 use crate::error::{bail, Result};
 use crate::evaluate;
-use crate::ibau::Classifier;
 use crate::model::{InputMap, Model, Preprocess};
-use search::{Family, Found, SearchSettings};
+use crate::search::Found;
+use search::{Family, SearchSettings};
 
 pub use report::{ModelEntry, ScanReport, Skipped, SCHEMA};
 
@@ -44,10 +46,23 @@ pub struct ScanConfig {
     pub holdout: f64,
     /// The verdict's threshold on the statistic.
     pub threshold: f64,
+    /// The verdict's threshold on the untargeted mask's score
+    /// ([`Untargeted::score`]): above it, a model is a backdoor without one
+    /// target (all-to-all).
+    pub untargeted_threshold: f64,
     /// On a model with more than twice this many classes, a screen keeps
     /// this many candidates and the same number of random reference classes
     /// is added; only those are searched (`0`: every class).
     pub candidates: usize,
+    /// The thorough pass ([`thorough`]): the `focus` most suspect classes
+    /// of the cheap pass and as many reference classes, each searched
+    /// `restarts` times for `thorough_steps` steps of
+    /// `thorough_per_class` images (`thorough_steps` 0: no thorough pass,
+    /// the verdict is the cheap pass's).
+    pub focus: usize,
+    pub thorough_steps: usize,
+    pub thorough_per_class: i64,
+    pub restarts: usize,
     pub seed: i64,
 }
 
@@ -60,7 +75,12 @@ impl Default for ScanConfig {
             max_batch: 200,
             holdout: 0.2,
             threshold: DEFAULT_THRESHOLD,
-            candidates: crate::ibau::DEFAULT_CANDIDATES,
+            untargeted_threshold: rule::UNTARGETED_THRESHOLD,
+            candidates: crate::search::DEFAULT_CANDIDATES,
+            focus: 0,
+            thorough_steps: thorough::STEPS,
+            thorough_per_class: thorough::PER_CLASS,
+            restarts: thorough::RESTARTS,
             seed: 0,
         }
     }
@@ -99,10 +119,13 @@ pub struct ClassScan {
     /// / mask trigger sends to the class.
     pub radius_worst_source: f64,
     pub mask_worst_source: f64,
-    /// The class's anomaly score (see [`rule`]).
+    /// The class's anomaly score in the cheap pass (see [`rule`]).
     pub score: f64,
     /// The trigger form in which the class stands out more (its pictures).
     pub form: Family,
+    /// What the thorough pass found for the class, when it searched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thorough: Option<thorough::ClassThorough>,
 }
 
 /// What a scan found on one model.
@@ -120,8 +143,24 @@ pub struct ScanResult {
     /// reference classes whose medians the scores are measured against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screen: Option<Screen>,
+    /// The universal untargeted mask against the classes' masks (an
+    /// all-to-all backdoor has no easiest target but one small trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untargeted: Option<Untargeted>,
     pub clean_samples: usize,
     pub seconds: f64,
+}
+
+/// The smallest universal mask trigger that moves 90% of the clean images
+/// off the class the model gives them, whichever class they land in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Untargeted {
+    /// Its L1 size, in pixels.
+    pub mask: f64,
+    /// Share of the last search step's images it moved off their class.
+    pub moved: f64,
+    /// How many times smaller it is than the median class's mask.
+    pub score: f64,
 }
 
 /// How a many-class model was narrowed before the searches.
@@ -139,11 +178,32 @@ pub struct Screen {
 pub struct Recovered {
     /// The held-back clean images `[N, C, H, W]` (in `[0, 1]`).
     pub images: Tensor,
-    pub additive: Found,
-    pub mask: Found,
+    /// The cheap pass's searches (additive, mask), then the thorough
+    /// pass's (every restart of each family).
+    pub found: Vec<Found>,
 }
 
 impl Recovered {
+    /// The search holding `class`'s best trigger of `family` and its index
+    /// there: the smallest among the thorough pass's restarts, else the
+    /// cheap pass's.
+    fn best(&self, class: i64, family: Family) -> Result<(&Found, usize)> {
+        fn of(found: &[Found], class: i64, family: Family) -> Option<(&Found, usize)> {
+            found
+                .iter()
+                .filter(|f| f.family == family)
+                .filter_map(|f| f.index(class).map(|i| (f, i)))
+                .min_by(|a, b| a.0.budgets[a.1].total_cmp(&b.0.budgets[b.1]))
+        }
+        let cheap = self.found.len().min(2);
+        match of(&self.found[cheap..], class, family)
+            .or_else(|| of(&self.found[..cheap], class, family))
+        {
+            Some(best) => Ok(best),
+            None => crate::error::bail!("class {class} was not searched"),
+        }
+    }
+
     /// The recovered trigger of `class` in the form `family` (`[C, H, W]`:
     /// the additive perturbation, or mask times pattern), the first `n`
     /// held-back images with it applied, and for the mask form the mask
@@ -154,28 +214,19 @@ impl Recovered {
         family: Family,
         n: i64,
     ) -> Result<(Tensor, Tensor, Option<Tensor>, Option<Tensor>)> {
-        let found = match family {
-            Family::Additive => &self.additive,
-            Family::Mask => &self.mask,
-        };
+        let (found, index) = self.best(class, family)?;
         let x = self.images.f_narrow(0, 0, n.min(self.images.size()[0]))?;
-        let triggered = found.apply(family, class, &x)?;
-        let (i, j) = found.place(class)?;
-        let picture = match family {
-            Family::Additive => found.delta[i].f_narrow(0, j, 1)?.f_squeeze_dim(0)?,
-            Family::Mask => found.mask[i]
-                .f_narrow(0, j, 1)?
-                .f_mul(&found.pattern[i].f_narrow(0, j, 1)?)?
-                .f_squeeze_dim(0)?,
-        };
-        let (mask, pattern) = match family {
-            Family::Additive => (None, None),
+        let triggered = found.apply(index, &x)?;
+        let trigger = found.trigger(index)?;
+        Ok(match family {
+            Family::Additive => (trigger[0].f_squeeze_dim(0)?, triggered, None, None),
             Family::Mask => (
-                Some(found.mask[i].f_narrow(0, j, 1)?.f_squeeze_dim(0)?),
-                Some(found.pattern[i].f_narrow(0, j, 1)?.f_squeeze_dim(0)?),
+                trigger[0].f_mul(&trigger[1])?.f_squeeze_dim(0)?,
+                triggered,
+                Some(trigger[0].f_squeeze_dim(0)?),
+                Some(trigger[1].f_squeeze_dim(0)?),
             ),
-        };
-        Ok((picture, triggered, mask, pattern))
+        })
     }
 }
 
@@ -216,13 +267,14 @@ pub fn scan_classifier(
         );
     }
     let split = Split::new(clean, config.holdout, map.device)?;
-    let narrows = crate::ibau::narrows(classes, config.candidates);
+    let narrows = crate::search::narrows(classes, config.candidates);
     let screen_steps = if narrows {
-        crate::ibau::screen_steps(classes, config.max_batch)
+        crate::search::screen_steps(classes, config.max_batch)
     } else {
         0
     };
-    let total = screen_steps + 2 * config.steps;
+    let thorough_steps = thorough::steps(config);
+    let total = screen_steps + 3 * config.steps + thorough_steps;
     let screen = if narrows {
         Some(screen(
             classifier,
@@ -254,13 +306,12 @@ pub fn scan_classifier(
             .collect(),
         None => (0..searched.len()).collect(),
     };
-    let settings = SearchSettings {
-        steps: config.steps,
-        per_class: config.per_class,
-        max_batch: config.max_batch,
-        seed: config.seed,
-        fixed: None,
-    };
+    let settings = SearchSettings::new(
+        config.steps,
+        config.per_class,
+        config.max_batch,
+        config.seed,
+    );
     let mut run = |family: Family, index: usize| {
         split.run(
             classifier,
@@ -298,18 +349,63 @@ pub fn scan_classifier(
             radius_worst_source: radius_transfer[c].worst_source,
             mask_worst_source: mask_transfer[c].worst_source,
             score: scores[c],
+            thorough: None,
         })
         .collect();
-    let statistic = scores.iter().copied().fold(0.0, f64::max);
+    let mut class_scans = class_scans;
+    let untargeted = untargeted(classifier, map, &split, config, mm, &mut |s, _| {
+        progress(screen_steps + 2 * config.steps + s, total)
+    })?;
+    let mut found = vec![additive, mask];
+    let cheap_end = screen_steps + 3 * config.steps;
+    let pass = if thorough_steps > 0 {
+        Some(thorough::run(
+            classifier,
+            map,
+            &split,
+            &thorough::Cheap {
+                classes: &class_scans,
+                found: &found,
+                reference: &reference,
+            },
+            config,
+            &mut |s, _| progress(cheap_end + s, total),
+        )?)
+    } else {
+        None
+    };
+    // The verdict: the thorough scores of the suspects when there is a
+    // thorough pass, else the cheap scores of every class.
+    let judged: Vec<(i64, f64)> = match pass {
+        Some(pass) => {
+            for (class, t) in pass.classes {
+                if let Some(c) = class_scans.iter_mut().find(|c| c.class == class) {
+                    c.thorough = Some(t);
+                }
+            }
+            found.extend(pass.found);
+            class_scans
+                .iter()
+                .filter_map(|c| {
+                    c.thorough
+                        .as_ref()
+                        .filter(|t| !t.reference)
+                        .map(|t| (c.class, t.score))
+                })
+                .collect()
+        }
+        None => class_scans.iter().map(|c| (c.class, c.score)).collect(),
+    };
+    let statistic = judged.iter().map(|j| j.1).fold(0.0, f64::max);
     // Most suspect first.
-    let mut flagged: Vec<&ClassScan> = class_scans
-        .iter()
-        .filter(|c| c.score > config.threshold)
+    let mut flagged: Vec<(i64, f64)> = judged
+        .into_iter()
+        .filter(|j| j.1 > config.threshold)
         .collect();
-    flagged.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let targets: Vec<i64> = flagged.iter().map(|c| c.class).collect();
+    flagged.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let targets: Vec<i64> = flagged.iter().map(|c| c.0).collect();
     let result = ScanResult {
-        verdict: if targets.is_empty() {
+        verdict: if targets.is_empty() && untargeted.score <= config.untargeted_threshold {
             Verdict::Clean
         } else {
             Verdict::Backdoor
@@ -319,6 +415,7 @@ pub fn scan_classifier(
         threshold: config.threshold,
         classes: class_scans,
         screen,
+        untargeted: Some(untargeted),
         clean_samples: clean.len(),
         seconds: start.elapsed().as_secs_f64(),
     };
@@ -326,13 +423,47 @@ pub fn scan_classifier(
         result,
         Recovered {
             images: split.held.f_to_device(Device::Cpu)?,
-            additive,
-            mask,
+            found,
         },
     ))
 }
 
-/// The screen of a many-class model ([`crate::ibau::screen`], additive, in
+/// [`Untargeted`]: the untargeted mask search on the search images, as
+/// many steps as each per-class search, each on the next
+/// `10 * per_class` images (what a per-class step sees of ten classes),
+/// against the median class mask `median_mask`.
+fn untargeted(
+    classifier: &dyn Classifier,
+    map: &InputMap,
+    split: &Split,
+    config: &ScanConfig,
+    median_mask: f64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Untargeted> {
+    let settings = SearchSettings::new(
+        config.steps,
+        10 * config.per_class,
+        config.max_batch,
+        config.seed,
+    );
+    let found = search::search_for(
+        classifier,
+        map,
+        &split.search,
+        &crate::search::Goal::Untargeted,
+        Family::Mask,
+        &settings,
+        progress,
+    )?;
+    let mask = found.budgets[0];
+    Ok(Untargeted {
+        mask,
+        moved: found.reached[0],
+        score: median_mask / mask.max(1e-12),
+    })
+}
+
+/// The screen of a many-class model ([`crate::search::screen`], additive, in
 /// pixels): its `candidates` easiest classes, and as many others drawn at
 /// random (seeded) as the reference.
 fn screen(
@@ -344,7 +475,7 @@ fn screen(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Screen> {
     let sample = images.size()[1..].iter().product::<i64>() as f64;
-    let candidates = crate::ibau::screen(
+    let candidates = crate::search::screen(
         &mut |x: &Tensor| -> Result<Tensor> {
             Ok(classifier.logits(&map.apply(&x.f_clamp(0.0, 1.0)?)?)?)
         },
@@ -403,11 +534,13 @@ pub fn residual(
             })
             .collect();
         let settings = SearchSettings {
-            steps: config.steps,
-            per_class: config.per_class,
-            max_batch: config.max_batch,
-            seed: config.seed,
             fixed: Some(fixed),
+            ..SearchSettings::new(
+                config.steps,
+                config.per_class,
+                config.max_batch,
+                config.seed,
+            )
         };
         let (_, transfer) = split.run(
             classifier,
@@ -432,7 +565,7 @@ pub fn residual(
 }
 
 /// The clean images a scan searches on and those it holds back.
-struct Split {
+pub(crate) struct Split {
     search: Tensor,
     held: Tensor,
     held_labels: Tensor,
@@ -454,7 +587,7 @@ impl Split {
 
     /// One search on the search images, and how its triggers transfer to
     /// the held-back ones.
-    fn run(
+    pub(crate) fn run(
         &self,
         classifier: &dyn Classifier,
         map: &InputMap,
@@ -478,7 +611,6 @@ impl Split {
             &self.held,
             &self.held_labels,
             &found,
-            family,
             settings.max_batch,
         )?;
         Ok((found, transfer))
@@ -487,6 +619,13 @@ impl Split {
 
 /// The verdict's rule.
 pub mod rule {
+    /// The untargeted mask's score above which a model with no flagged
+    /// class is a backdoor all the same (all-to-all). Fitted on the
+    /// calibration half of the zoo (`tools/bench_zoo.py rule`): the
+    /// geometric middle of the largest clean model's score and the smallest
+    /// all-to-all model's.
+    pub const UNTARGETED_THRESHOLD: f64 = 2.6;
+
     /// Each class's score: how many times smaller than the median class's
     /// its smallest triggers are, the geometric mean over the two forms
     /// (`sqrt(median(r) / r_c * median(m) / m_c)`). A backdoor's target is

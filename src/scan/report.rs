@@ -63,6 +63,10 @@ pub struct ModelEntry {
     /// searched (absent when every class was).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub screen: Option<super::Screen>,
+    /// The untargeted universal mask measured against the classes' (absent
+    /// in reports written before it was).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub untargeted: Option<super::Untargeted>,
     /// The clean data used, `PATH[A:B]`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub clean: Option<String>,
@@ -89,6 +93,7 @@ impl ModelEntry {
             threshold: Some(result.threshold),
             classes: result.classes,
             screen: result.screen,
+            untargeted: result.untargeted,
             clean: Some(clean),
             clean_samples: result.clean_samples,
             seconds: result.seconds,
@@ -108,6 +113,7 @@ impl ModelEntry {
             threshold: None,
             classes: Vec::new(),
             screen: None,
+            untargeted: None,
             clean: None,
             clean_samples: 0,
             seconds,

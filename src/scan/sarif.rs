@@ -152,6 +152,9 @@ fn result(model: &ModelEntry) -> Option<SarifResult> {
             properties.insert(key.to_string(), json!(v));
         }
     }
+    if let Some(u) = &model.untargeted {
+        properties.insert("untargeted".to_string(), json!(u));
+    }
     if let Some(sha256) = &model.sha256 {
         properties.insert("sha256".to_string(), json!(sha256));
     }
@@ -174,6 +177,16 @@ fn message(model: &ModelEntry, targets: &[i64]) -> String {
     if model.verdict == Verdict::Error {
         let cause = model.error.as_deref().unwrap_or("no cause recorded");
         return format!("`{}` could not be scanned: {cause}", model.file);
+    }
+    if let (true, Some(u)) = (targets.is_empty(), &model.untargeted) {
+        return format!(
+            "`{}` looks backdoored without one target (all-to-all): a universal mask trigger of {:.1} pixels, {:.2} times smaller than the median class's (threshold {:.2}), moves {:.0}% of the clean images off their class",
+            model.file,
+            u.mask,
+            u.score,
+            super::rule::UNTARGETED_THRESHOLD,
+            100.0 * u.moved
+        );
     }
     let classes = targets
         .iter()
