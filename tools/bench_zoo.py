@@ -317,6 +317,9 @@ def rule(args) -> None:
     all2all = [s for m, s in cal if m["attack"] is not None and not m["targets"]]
     t_s = youden([S(s) for s in targeted], [S(s) for s in clean])
     t_u = math.sqrt(max(U(s) for s in clean) * min(U(s) for s in all2all)) if all2all and clean else float("inf")
+    if args.thresholds:
+        print(f"(fitted now: {t_s:.3f} and {t_u:.3f}; judging the given ones)")
+        t_s, t_u = args.thresholds
     print(f"tag {args.tag}: fitted on the calibration half ({len(clean)} clean, {len(targeted)} with targets, "
           f"{len(all2all)} all-to-all): class-score threshold {t_s:.3f}, untargeted threshold {t_u:.3f}\n")
     print("| half | clean | poisoned | ROC AUC of max(S/Ts, U/Tu) | FPR at 95% recall (own) "
@@ -363,6 +366,8 @@ def main() -> None:
     t.add_argument("-v", "--verbose", action="store_true", help="one row per model too")
     fi = sub.add_parser("fit", help="fit candidate rules on the calibration half, report both halves")
     ru = sub.add_parser("rule", help="fit the two thresholds of the verdict on the calibration half")
+    ru.add_argument("--thresholds", type=float, nargs=2, metavar=("CLASS", "UNTARGETED"),
+                    help="judge these thresholds (the shipped ones) instead of the ones fitted now")
     for q in (r, t, fi, ru):
         q.add_argument("--tag", default=None)
         q.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "ibau" / "zoo")

@@ -86,8 +86,13 @@ impl Default for ScanConfig {
     }
 }
 
-/// The statistic's default threshold (see [`rule`]).
-pub const DEFAULT_THRESHOLD: f64 = 2.5;
+/// The statistic's default threshold (see [`rule`]): fitted on the
+/// calibration half of the zoo (`tools/bench_zoo.py rule --tag v2`: 14
+/// clean models, 7 with targets, 2 all-to-all), the midpoint that
+/// maximises the true minus the false positive rate there (Youden's J);
+/// the validation half's figures are in docs/scan.md. It was 2.5, set
+/// between the fixtures' scores.
+pub const DEFAULT_THRESHOLD: f64 = 2.72;
 
 /// A scan's verdict on one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -621,9 +626,9 @@ impl Split {
 pub mod rule {
     /// The untargeted mask's score above which a model with no flagged
     /// class is a backdoor all the same (all-to-all). Fitted on the
-    /// calibration half of the zoo (`tools/bench_zoo.py rule`): the
-    /// geometric middle of the largest clean model's score and the smallest
-    /// all-to-all model's.
+    /// calibration half of the zoo (`tools/bench_zoo.py rule --tag v2`):
+    /// the geometric middle (2.596) of the largest clean model's score
+    /// (1.32) and the smallest all-to-all model's (5.09).
     pub const UNTARGETED_THRESHOLD: f64 = 2.6;
 
     /// Each class's score: how many times smaller than the median class's
