@@ -358,11 +358,8 @@ pub fn scan_classifier(
         })
         .collect();
     let mut class_scans = class_scans;
-    let untargeted = untargeted(classifier, map, &split, config, mm, &mut |s, _| {
-        progress(screen_steps + 2 * config.steps + s, total)
-    })?;
     let mut found = vec![additive, mask];
-    let cheap_end = screen_steps + 3 * config.steps;
+    let cheap_end = screen_steps + 2 * config.steps;
     let pass = if thorough_steps > 0 {
         Some(thorough::run(
             classifier,
@@ -409,18 +406,34 @@ pub fn scan_classifier(
         .collect();
     flagged.sort_by(|a, b| b.1.total_cmp(&a.1));
     let targets: Vec<i64> = flagged.iter().map(|c| c.0).collect();
+    // Without a flagged class, the untargeted mask (all-to-all); with one,
+    // the verdict is made and the search would be spent for nothing.
+    let untargeted = if targets.is_empty() {
+        let offset = cheap_end + thorough_steps;
+        Some(untargeted(
+            classifier,
+            map,
+            &split,
+            config,
+            mm,
+            &mut |s, _| progress(offset + s, total),
+        )?)
+    } else {
+        progress(total, total);
+        None
+    };
     let result = ScanResult {
-        verdict: if targets.is_empty() && untargeted.score <= config.untargeted_threshold {
-            Verdict::Clean
-        } else {
+        verdict: if untargeted.is_none_or(|u| u.score > config.untargeted_threshold) {
             Verdict::Backdoor
+        } else {
+            Verdict::Clean
         },
         targets,
         statistic,
         threshold: config.threshold,
         classes: class_scans,
         screen,
-        untargeted: Some(untargeted),
+        untargeted,
         clean_samples: clean.len(),
         seconds: start.elapsed().as_secs_f64(),
     };
