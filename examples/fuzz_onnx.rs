@@ -62,6 +62,12 @@ const UNSUPPORTED_PER_MILLE: u64 = 100;
 /// Imported models per thousand that also go through the classifier loader
 /// and `inspect` (each imports again).
 const DEEP_PER_MILLE: u64 = 200;
+/// Iterations per thousand that mutate a data file instead of a model.
+const DATA_PER_MILLE: u64 = 250;
+/// The real images the data seeds hold (Debian's dataset-fashion-mnist).
+pub const FASHION: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+/// Images per data seed.
+const DATA_SEED_IMAGES: usize = 6;
 /// Inputs saved per distinct crash.
 const SAVED_PER_CRASH: u64 = 3;
 
@@ -200,6 +206,173 @@ pub struct Corpus {
     op_types: Vec<&'static str>,
     /// The external-data files beside the fixtures.
     pub data_files: Vec<PathBuf>,
+    /// Data files in every format ibau reads, made from real images.
+    pub data: Vec<DataSeed>,
+}
+
+/// One data file of a data set: the mutated file is written as `name` in a
+/// folder that also holds the seed's other files (`companions`).
+pub struct DataSeed {
+    /// The path inside the data folder, `images-idx3-ubyte.gz`, `set/1/a.png`.
+    pub name: String,
+    pub bytes: Vec<u8>,
+    /// The other files of the set, written as they are.
+    pub companions: Vec<(String, Vec<u8>)>,
+    /// What `ibau::data::load` is given, relative to the data folder.
+    pub load: String,
+}
+
+/// The data seeds: the first [`DATA_SEED_IMAGES`] Fashion-MNIST test images
+/// and labels as IDX (plain and gzip'd), `.npy` pairs (uint8 `[N, H, W]` and
+/// float32 `[N, 1, H, W]`), `.npz`, and a folder of PNG, JPEG and BMP files.
+/// Empty when the data set is not installed.
+pub fn data_seeds() -> Vec<DataSeed> {
+    use std::io::{Read, Write};
+    let Ok(file) = std::fs::File::open(FASHION) else {
+        return Vec::new();
+    };
+    let mut images = Vec::new();
+    let n = DATA_SEED_IMAGES;
+    if flate2::read::GzDecoder::new(file)
+        .take((16 + n * 784) as u64)
+        .read_to_end(&mut images)
+        .is_err()
+        || images.len() < 16 + n * 784
+    {
+        return Vec::new();
+    }
+    let pixels = images[16..].to_vec();
+    let labels: Vec<u8> = (0..n as u8).map(|i| i % 3).collect();
+    let idx = |magic: [u8; 4], dims: &[u32], data: &[u8]| {
+        let mut out = magic.to_vec();
+        for d in dims {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+        out.extend_from_slice(data);
+        out
+    };
+    let image_idx = idx([0, 0, 8, 3], &[n as u32, 28, 28], &pixels);
+    let label_idx = idx([0, 0, 8, 1], &[n as u32], &labels);
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).expect("in memory");
+        e.finish().expect("in memory")
+    };
+    let npy = |descr: &str, shape: &[usize], data: &[u8]| {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}",
+            dims.join(", ")
+        );
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    };
+    let floats: Vec<u8> = pixels
+        .iter()
+        .flat_map(|&p| (f32::from(p) / 255.0).to_le_bytes())
+        .collect();
+    let x_u8 = npy("|u1", &[n, 28, 28], &pixels);
+    let x_f32 = npy("<f4", &[n, 1, 28, 28], &floats);
+    let y = npy(
+        "<i8",
+        &[n],
+        &labels
+            .iter()
+            .flat_map(|&l| i64::from(l).to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let npz = {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::FileOptions::default();
+        for (name, bytes) in [("x.npy", &x_u8), ("y.npy", &y)] {
+            zip.start_file(name, options).expect("in memory");
+            zip.write_all(bytes).expect("in memory");
+        }
+        zip.finish().expect("in memory").into_inner()
+    };
+    let picture = |i: usize, format: image::ImageFormat| {
+        let img = image::GrayImage::from_raw(28, 28, pixels[i * 784..(i + 1) * 784].to_vec())
+            .expect("28x28");
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).expect("in memory");
+        out.into_inner()
+    };
+    let folder_files = [
+        (
+            "set/0/a.png".to_string(),
+            picture(0, image::ImageFormat::Png),
+        ),
+        (
+            "set/0/b.jpg".to_string(),
+            picture(1, image::ImageFormat::Jpeg),
+        ),
+        (
+            "set/1/c.bmp".to_string(),
+            picture(2, image::ImageFormat::Bmp),
+        ),
+        (
+            "set/1/d.png".to_string(),
+            picture(3, image::ImageFormat::Png),
+        ),
+    ];
+    let seed = |name: &str, bytes: &[u8], companions: Vec<(&str, &[u8])>, load: &str| DataSeed {
+        name: name.to_string(),
+        bytes: bytes.to_vec(),
+        companions: companions
+            .into_iter()
+            .map(|(n, b)| (n.to_string(), b.to_vec()))
+            .collect(),
+        load: load.to_string(),
+    };
+    let images_name = "t-images-idx3-ubyte";
+    let labels_name = "t-labels-idx1-ubyte";
+    let mut seeds = vec![
+        seed(
+            images_name,
+            &image_idx,
+            vec![(labels_name, &label_idx)],
+            images_name,
+        ),
+        seed(
+            labels_name,
+            &label_idx,
+            vec![(images_name, &image_idx)],
+            images_name,
+        ),
+        seed(
+            "g-images-idx3-ubyte.gz",
+            &gz(&image_idx),
+            vec![("g-labels-idx1-ubyte.gz", &gz(&label_idx))],
+            "g-images-idx3-ubyte.gz",
+        ),
+        seed(
+            "g-labels-idx1-ubyte.gz",
+            &gz(&label_idx),
+            vec![("g-images-idx3-ubyte.gz", &gz(&image_idx))],
+            "g-images-idx3-ubyte.gz",
+        ),
+        seed("x.npy", &x_u8, vec![("y.npy", &y)], "x.npy"),
+        seed("x.npy", &x_f32, vec![("y.npy", &y)], "x.npy"),
+        seed("y.npy", &y, vec![("x.npy", &x_u8)], "x.npy"),
+        seed("d.npz", &npz, vec![], "d.npz"),
+    ];
+    for (i, (name, bytes)) in folder_files.iter().enumerate() {
+        let others: Vec<(&str, &[u8])> = folder_files
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, (n, b))| (n.as_str(), b.as_slice()))
+            .collect();
+        seeds.push(seed(name, bytes, others, "set"));
+    }
+    seeds
 }
 
 impl Corpus {
@@ -214,6 +387,7 @@ impl Corpus {
             fixtures: Vec::new(),
             op_types: registry.op_types(),
             data_files: Vec::new(),
+            data: data_seeds(),
         };
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for path in testdata_models(testdata)? {
@@ -374,8 +548,11 @@ fn op_key(proto: &ModelProto) -> String {
 /// One generated input.
 pub struct Input {
     pub bytes: Vec<u8>,
-    /// Index of the seed in [`Corpus::seeds`].
+    /// Index of the seed in [`Corpus::seeds`], or in [`Corpus::data`] when
+    /// `data` is set.
     pub seed: usize,
+    /// A data file rather than a model.
+    pub data: bool,
     /// The mutations applied, in order.
     pub mutations: Vec<&'static str>,
 }
@@ -385,6 +562,9 @@ pub struct Input {
 /// both (10%).
 pub fn generate(corpus: &Corpus, seed: u64, iteration: u64) -> Input {
     let mut rng = Rng::for_iteration(seed, iteration, 0);
+    if !corpus.data.is_empty() && rng.chance(DATA_PER_MILLE) {
+        return generate_data(corpus, &mut rng);
+    }
     let index = corpus.pick(&mut rng);
     let source = &corpus.seeds[index];
     let mut mutations = Vec::new();
@@ -406,6 +586,42 @@ pub fn generate(corpus: &Corpus, seed: u64, iteration: u64) -> Input {
     Input {
         bytes,
         seed: index,
+        data: false,
+        mutations,
+    }
+}
+
+/// A data seed with one to four byte-level mutations; a gzip'd seed is
+/// mutated inside its stream half of the time (then compressed again), so
+/// that the IDX header behind the gzip is reached.
+fn generate_data(corpus: &Corpus, rng: &mut Rng) -> Input {
+    use std::io::{Read, Write};
+    let index = rng.below(corpus.data.len());
+    let seed = &corpus.data[index];
+    let mut mutations = Vec::new();
+    let gz = seed.name.ends_with(".gz");
+    let mut bytes = if gz && rng.chance(500) {
+        let mut plain = Vec::new();
+        let _ = flate2::read::GzDecoder::new(seed.bytes.as_slice()).read_to_end(&mut plain);
+        for _ in 0..1 + rng.below(4) {
+            mutations.push(mutate_bytes(&mut plain, rng, corpus));
+        }
+        mutations.push("gzip_again");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = encoder.write_all(&plain);
+        encoder.finish().unwrap_or_default()
+    } else {
+        seed.bytes.clone()
+    };
+    if mutations.is_empty() {
+        for _ in 0..1 + rng.below(4) {
+            mutations.push(mutate_bytes(&mut bytes, rng, corpus));
+        }
+    }
+    Input {
+        bytes,
+        seed: index,
+        data: true,
         mutations,
     }
 }
@@ -1027,9 +1243,14 @@ pub enum Counter {
     Deep,
     Panics,
     Fatal,
+    DataLoaded,
+    DataErrors,
 }
 
-const COUNTERS: [(Counter, &str); 12] = [
+/// How many counters there are.
+const COUNTER_COUNT: usize = 14;
+
+const COUNTERS: [(Counter, &str); COUNTER_COUNT] = [
     (Counter::Executions, "executions"),
     (Counter::DecodeErrors, "decode errors"),
     (Counter::ExternalErrors, "external-data errors"),
@@ -1042,11 +1263,13 @@ const COUNTERS: [(Counter, &str); 12] = [
     (Counter::Deep, "classifier + inspect runs"),
     (Counter::Panics, "panics"),
     (Counter::Fatal, "fatal (signal, hang, RSS)"),
+    (Counter::DataLoaded, "data files loaded"),
+    (Counter::DataErrors, "data files refused"),
 ];
 
 /// The counters of a run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats(pub [u64; 12]);
+pub struct Stats(pub [u64; COUNTER_COUNT]);
 
 impl Stats {
     pub fn add(&mut self, counter: Counter) {
@@ -1257,6 +1480,37 @@ impl Target {
             model_path,
             forward,
         })
+    }
+
+    /// Writes a data set with one mutated file into a fresh folder and loads
+    /// it as `--clean` or `--data` would.
+    fn execute_data(&self, bytes: &[u8], seed: &DataSeed, stats: &mut Stats) {
+        stats.add(Counter::Executions);
+        STAGE.set("data files");
+        let folder = self.dir.path().join("data");
+        let _ = std::fs::remove_dir_all(&folder);
+        let write = |name: &str, bytes: &[u8]| {
+            let path = folder.join(name);
+            std::fs::create_dir_all(path.parent().expect("inside the folder"))
+                .and_then(|()| std::fs::write(&path, bytes))
+        };
+        for (name, companion) in &seed.companions {
+            write(name, companion).expect("the fuzzer's temporary folder is writable");
+        }
+        write(&seed.name, bytes).expect("the fuzzer's temporary folder is writable");
+        STAGE.set("data load");
+        match ibau::data::load(&folder.join(&seed.load)) {
+            Ok(set) => {
+                stats.add(Counter::DataLoaded);
+                STAGE.set("data use");
+                let _ = set.num_classes();
+                let _ = set.slice(0..set.len().min(2));
+            }
+            Err(e) => {
+                let _ = e.to_string();
+                stats.add(Counter::DataErrors);
+            }
+        }
     }
 
     /// Decode, resolve external data, import, and run what is cheap to run.
@@ -1484,12 +1738,20 @@ impl Fuzzer {
         let input = generate(&self.corpus, self.config.seed, iteration);
         let mut rng = Rng::for_iteration(self.config.seed, iteration, 0x5EED);
         tch::manual_seed((iteration & 0x7fff_ffff) as i64);
-        let seed = &self.corpus.seeds[input.seed];
-        let (target, stats) = (&self.target, &mut self.stats);
+        let seed_name = if input.data {
+            self.corpus.data[input.seed].name.clone()
+        } else {
+            self.corpus.seeds[input.seed].name.clone()
+        };
+        let (target, stats, corpus) = (&self.target, &mut self.stats, &self.corpus);
         FUZZING.set(true);
         STAGE.set("");
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
-            target.execute(&input.bytes, seed, &mut rng, stats)
+            if input.data {
+                target.execute_data(&input.bytes, &corpus.data[input.seed], stats)
+            } else {
+                target.execute(&input.bytes, &corpus.seeds[input.seed], &mut rng, stats)
+            }
         }));
         FUZZING.set(false);
         result.is_err().then_some(())?;
@@ -1508,7 +1770,7 @@ impl Fuzzer {
             location: caught.location,
             frames: caught.frames,
             iteration,
-            seed_model: seed.name.clone(),
+            seed_model: seed_name,
             mutations: input.mutations.iter().map(|m| m.to_string()).collect(),
             count: 1,
             input: None,
@@ -1769,7 +2031,7 @@ mod cli {
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
         let mut stats = Stats::default();
-        stats.0.copy_from_slice(words.get(1..13)?);
+        stats.0.copy_from_slice(words.get(1..1 + COUNTER_COUNT)?);
         Some((words[0], stats))
     }
 

@@ -75,7 +75,9 @@ fn main() -> ExitCode {
 fn error_chain(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
-        let message = without_backtrace(&cause.to_string());
+        // tch says "Internal torch error: X"; the source is named plainly.
+        let message =
+            without_backtrace(&cause.to_string()).replace("Internal torch error: ", "libtorch: ");
         if message.is_empty() || text.contains(&message) {
             continue;
         }

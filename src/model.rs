@@ -336,6 +336,24 @@ fn import_fixed_batch(
     ))
 }
 
+/// Whether `output` is computed from `input` along the graph's nodes (in
+/// file order, which ONNX requires to be topological). A node with a
+/// subgraph attribute (If, Loop, Scan) reads outer values its inputs do not
+/// list, so it counts as depending on the input.
+fn depends_on(graph: &crate::onnx::proto::GraphProto, input: &str, output: &str) -> bool {
+    let mut reached: std::collections::HashSet<&str> = [input].into_iter().collect();
+    for node in &graph.node {
+        let subgraph = node
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty());
+        if subgraph || node.input.iter().any(|i| reached.contains(i.as_str())) {
+            reached.extend(node.output.iter().map(String::as_str));
+        }
+    }
+    reached.contains(output)
+}
+
 /// Loads and imports `path` for `device`.
 pub fn load_classifier(
     path: &Path,
@@ -381,6 +399,13 @@ pub fn load_classifier(
             ),
         }
     };
+    if graph.inputs.len() == 1 && !depends_on(model.graph(), &graph.inputs[0].name, &first_output) {
+        bail!(
+            "`{}`: the output `{first_output}` does not depend on the graph input `{}` (the graph computes it from its weights alone): not a classifier of its input",
+            path.display(),
+            graph.inputs[0].name
+        );
+    }
     if graph.inputs.len() != 1 {
         bail!(
             "`{}` has {} graph inputs ({}); ibau handles classifiers with one image input",

@@ -10,10 +10,17 @@
 //! folder fails before training), and the model, its external-data
 //! companion and the report are three different files.
 //!
-//! The staging folder `.ibau-staging-PID` beside the output is where the
-//! model is written and checked before it is moved into place; stale ones
-//! left by a killed run (their process is gone) are removed when a new plan
-//! is made in the same folder.
+//! The staging folder `.ibau-staging-PID-NONCE` beside the output is where
+//! the model is written and checked before it is moved into place, by
+//! renames: an output is never half-written at its final name. The run that
+//! made a staging folder holds an exclusive `flock` on it, and every
+//! temporary file (`.NAME.ibau-tmp-PID`) is locked the same way while it is
+//! written. The kernel drops a lock when its process dies, however it dies
+//! (SIGKILL, OOM killer): a staging folder or temporary file whose lock can
+//! be taken belongs to a dead run, whatever the PID in its name says (a PID
+//! is reused, and differs across containers). Such leftovers are removed by
+//! the next run that writes into the same folder ([`remove_stale`]), which
+//! says so.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -110,12 +117,13 @@ impl Identity {
 /// the option that names it): each against `inputs` and the others, like
 /// [`OutputPlan::new`], and each folder writable. Output folders (`folders`)
 /// must be folders or not exist yet, and may not be, or lie inside, a
-/// folder the command reads.
+/// folder the command reads. Returns what [`remove_stale`] removed from the
+/// files' folders.
 pub fn check_outputs(
     inputs: &Inputs,
     files: &[(&Path, &str)],
     folders: &[(&Path, &str)],
-) -> Result<(), OutputError> {
+) -> Result<Vec<PathBuf>, OutputError> {
     let refuse = |path: &Path, reason: String| OutputError::Refused {
         path: path.to_path_buf(),
         reason,
@@ -160,7 +168,23 @@ pub fn check_outputs(
             ));
         }
     }
-    Ok(())
+    let mut removed = Vec::new();
+    let mut cleaned: Vec<PathBuf> = Vec::new();
+    for (path, _) in files {
+        let folder = parent_folder(path);
+        if !cleaned.iter().any(|c| same_folder(c, &folder)) {
+            removed.extend(remove_stale(&folder));
+            cleaned.push(folder);
+        }
+    }
+    Ok(removed)
+}
+
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// The folder a path lives in (`.` for a bare file name).
@@ -180,7 +204,11 @@ pub struct OutputPlan {
     /// `<model file name>.data` beside the model: where external data goes.
     pub companion: PathBuf,
     pub report: Option<PathBuf>,
+    /// What [`remove_stale`] removed from the output folders.
+    pub removed: Vec<PathBuf>,
     staging: PathBuf,
+    /// The staging folder, opened and locked while this plan lives.
+    _lock: Option<std::fs::File>,
 }
 
 impl OutputPlan {
@@ -222,18 +250,36 @@ impl OutputPlan {
             probe_writable(report)?;
         }
         let folder = parent_folder(model);
-        remove_stale_staging(&folder);
-        let staging = folder.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-        std::fs::create_dir_all(&staging).map_err(|source| OutputError::Folder {
+        let mut removed = remove_stale(&folder);
+        if let Some(report) = report {
+            let report_folder = parent_folder(report);
+            if !same_folder(&report_folder, &folder) {
+                removed.extend(remove_stale(&report_folder));
+            }
+        }
+        let staging = folder.join(format!(
+            "{STAGING_PREFIX}{}-{:016x}",
+            std::process::id(),
+            nonce()
+        ));
+        std::fs::create_dir(&staging).map_err(|source| OutputError::Folder {
             folder: folder.clone(),
             path: model.to_path_buf(),
             source,
         })?;
+        // Held until the plan is dropped or the process dies. A file system
+        // without flock leaves the folder unlocked: a concurrent run may then
+        // take it for a dead run's, so this is best effort there.
+        let lock = std::fs::File::open(&staging)
+            .ok()
+            .filter(|f| f.try_lock().is_ok());
         Ok(OutputPlan {
             model: model.to_path_buf(),
             companion,
             report: report.map(Path::to_path_buf),
+            removed,
             staging,
+            _lock: lock,
         })
     }
 
@@ -269,6 +315,23 @@ impl Drop for OutputPlan {
 }
 
 const STAGING_PREFIX: &str = ".ibau-staging-";
+
+/// What the name of a temporary file of [`write_atomic`] holds, after the
+/// output's name: `.report.json.ibau-tmp-PID`.
+pub const TEMPORARY_MARKER: &str = ".ibau-tmp-";
+
+/// A random number for names (std's per-process hash keys, drawn from the
+/// operating system).
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
 
 /// An output must be a regular file (or a link to one, which is replaced,
 /// not followed) or not exist yet, in a folder that exists.
@@ -342,6 +405,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
         source,
     };
     let (tmp, mut file) = create_temporary(path).map_err(fail)?;
+    // Locked while it is written: a later run tells a dead run's leftover
+    // from a live one by this lock (see the module doc).
+    let _ = file.try_lock();
     let result = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
@@ -377,30 +443,102 @@ fn create_temporary(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     Err(taken.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
 }
 
-/// Removes `.ibau-staging-PID` folders in `folder` whose process is gone
-/// (a run killed with SIGKILL leaves its folder behind). Only where /proc
-/// tells which processes are alive.
-fn remove_stale_staging(folder: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
+/// Removes what runs that died left in `folder`: staging folders
+/// (`.ibau-staging-*`) and temporary files (`.*.ibau-tmp-*`) whose lock can
+/// be taken, so no live process holds it (see the module doc). A staging
+/// folder of the older `.ibau-staging-PID` form, which was never locked, is
+/// removed only when no process has that PID. Links are never followed and
+/// nothing else is touched. Returns what was removed.
+pub fn remove_stale(folder: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(folder) else {
-        return;
+        return removed;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(name) = name.to_str() else {
             continue;
         };
-        let ours = entry.file_type().is_ok_and(|t| t.is_dir());
-        if ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
+        // The entry itself, never what a link points at.
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let path = entry.path();
+        if let Some(rest) = name.strip_prefix(STAGING_PREFIX) {
+            let (pid, nonce) = rest.split_once('-').unwrap_or((rest, ""));
+            let digits = |t: &str, hex: bool| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_digit() || (hex && b.is_ascii_hexdigit()))
+            };
+            if !kind.is_dir() || !digits(pid, false) || !(nonce.is_empty() || digits(nonce, true)) {
+                continue;
+            }
+            // Taking the lock proves the owner is gone; it is held while
+            // the folder is removed.
+            let Some(_lock) = unlocked(&path) else {
+                continue;
+            };
+            let unlocked_form = nonce.is_empty();
+            if unlocked_form && (pid == std::process::id().to_string() || pid_alive(pid)) {
+                continue;
+            }
+            if std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path);
+            }
+        } else if name.starts_with('.') && name.contains(TEMPORARY_MARKER) && kind.is_file() {
+            let Some(_lock) = unlocked(&path) else {
+                continue;
+            };
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
         }
     }
+    removed.sort();
+    removed
+}
+
+/// `path` opened (without following a link or blocking) with its exclusive
+/// lock taken; `None` when a live process holds it or it cannot be opened.
+fn unlocked(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    file.try_lock().ok()?;
+    Some(file)
+}
+
+/// Whether a process with this PID exists (where /proc tells; assumed alive
+/// where it does not).
+fn pid_alive(pid: &str) -> bool {
+    !Path::new("/proc/self").exists() || Path::new("/proc").join(pid).exists()
+}
+
+/// One line for a person: what [`remove_stale`] removed, or `None`.
+pub fn describe_removed(removed: &[PathBuf]) -> Option<String> {
+    let first = removed.first()?;
+    let names: Vec<String> = removed
+        .iter()
+        .map(|p| {
+            p.file_name().map_or_else(String::new, |n| {
+                n.to_string_lossy().escape_debug().to_string()
+            })
+        })
+        .collect();
+    Some(format!(
+        "removed {} left by killed ibau runs in `{}`: {}",
+        if removed.len() == 1 {
+            "1 file".to_string()
+        } else {
+            format!("{} files", removed.len())
+        },
+        parent_folder(first).display(),
+        names.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -463,7 +601,39 @@ mod tests {
         std::fs::write(stale.join("out.onnx"), b"half").unwrap();
         let plan = OutputPlan::new(&Inputs::default(), &dir.path().join("out.onnx"), None).unwrap();
         assert!(!stale.exists());
-        drop(plan);
+        assert_eq!(plan.removed, vec![stale.clone()]);
+        // A live plan's folder is locked: another plan (here, in the same
+        // process, as a concurrent run would) leaves it alone.
+        let live = plan.staging().to_path_buf();
+        let other = OutputPlan::new(&Inputs::default(), &dir.path().join("b.onnx"), None).unwrap();
+        assert!(live.is_dir());
+        assert!(other.removed.is_empty(), "{:?}", other.removed);
+        // An old-form folder of a live process (this one) stays.
+        let ours = dir
+            .path()
+            .join(format!(".ibau-staging-{}", std::process::id()));
+        std::fs::create_dir(&ours).unwrap();
+        // A temporary file of a dead run goes; one being written stays;
+        // a user's look-alike that is a link is never touched.
+        let dead_tmp = dir.path().join(".out.onnx.ibau-tmp-4194304");
+        std::fs::write(&dead_tmp, b"half").unwrap();
+        let live_tmp = dir.path().join(".r.json.ibau-tmp-1");
+        let held = std::fs::File::create(&live_tmp).unwrap();
+        held.lock().unwrap();
+        let link = dir.path().join(".x.ibau-tmp-2");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        let removed = remove_stale(dir.path());
+        assert_eq!(removed, vec![dead_tmp]);
+        assert!(ours.is_dir() && live_tmp.exists() && link.is_symlink());
+        let line = describe_removed(&plan.removed).unwrap();
+        assert!(
+            line.contains("1 file") && line.contains(".ibau-staging-4194304"),
+            "{line}"
+        );
+        drop((plan, other, held));
+        std::fs::remove_dir(&ours).unwrap();
+        std::fs::remove_file(&live_tmp).unwrap();
+        assert!(remove_stale(dir.path()).is_empty());
     }
 
     #[test]

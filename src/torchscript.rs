@@ -57,6 +57,8 @@ pub enum TorchScriptError {
     },
     #[error("`{path}` is {what}, not a TorchScript or ONNX model; ibau never unpickles files (that would run arbitrary code). {HOW_TO_CONVERT}")]
     NotTorchScript { path: PathBuf, what: &'static str },
+    #[error(transparent)]
+    Limit(Box<crate::limits::LimitError>),
     #[error("`{path}`: libtorch cannot load it as TorchScript: {source}")]
     Load {
         path: PathBuf,
@@ -129,6 +131,39 @@ pub fn detect(path: &Path) -> Result<FileKind, TorchScriptError> {
     } else {
         FileKind::StateDict
     })
+}
+
+/// Checks what libtorch's loader would inflate before it opens the archive:
+/// it reads each record it needs into a buffer of the size the zip's central
+/// directory declares, so the sum of the declared sizes (and the largest
+/// one, named in the message) must fit the memory budget. Nothing is
+/// inflated here.
+pub fn check_archive_sizes(path: &Path) -> Result<(), TorchScriptError> {
+    let io = io_error(path);
+    let invalid = |e: zip::result::ZipError| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.to_string(),
+        ))
+    };
+    let file = crate::inputs::open_regular(path).map_err(&io)?;
+    let mut archive = zip::ZipArchive::new(file).map_err(invalid)?;
+    let mut total: u128 = 0;
+    let mut largest = (0u64, String::new());
+    for i in 0..archive.len() {
+        let entry = archive.by_index_raw(i).map_err(invalid)?;
+        total += u128::from(entry.size());
+        if entry.size() >= largest.0 {
+            largest = (entry.size(), entry.name().to_string());
+        }
+    }
+    let what = format!(
+        "`{}`: loading its archive entries (the largest, `{}`, inflates to {})",
+        path.display(),
+        largest.1,
+        crate::limits::human_bytes(largest.0)
+    );
+    crate::limits::check_bytes(total, &what).map_err(|e| TorchScriptError::Limit(Box::new(e)))
 }
 
 /// How much of an archive's `data.pkl` [`detect`] reads. The pickle holds
@@ -264,6 +299,7 @@ impl TorchScript {
         train: Option<&Regex>,
     ) -> Result<TorchScript, TorchScriptError> {
         refuse_pickles(path, detect(path)?)?;
+        check_archive_sizes(path)?;
         tch::jit::set_graph_executor_optimize(false);
         let mut module =
             CModule::load_on_device(path, device).map_err(|source| TorchScriptError::Load {

@@ -44,6 +44,12 @@ pub fn verify(onnx: &Path, torchscript: Option<&Path>, options: &VerifyOptions) 
     let model = Model::load(onnx)?;
     let graph = Graph::import(&model, &Registry::standard(), &ImportOptions::default())
         .map_err(|source| Error::import(onnx, source))?;
+    if graph.outputs.is_empty() {
+        bail!(
+            "`{}` has no graph outputs: nothing to compare",
+            onnx.display()
+        );
+    }
     let inputs = random_inputs(&graph, options.batch, options.seed)?;
     let tolerance = options
         .tolerance
@@ -122,6 +128,17 @@ pub fn random_inputs(graph: &Graph, batch: i64, seed: i64) -> Result<Vec<Tensor>
             let Some(shape) = input.concrete_shape(batch) else {
                 bail!("graph input `{}` declares no shape", input.name);
             };
+            let declared = input.shape.iter().flatten().enumerate();
+            for (axis, dim) in declared {
+                if let crate::graph::Dim::Fixed(n) = dim {
+                    if *n < 0 {
+                        bail!(
+                            "graph input `{}` declares dimension {n} at axis {axis}: a dimension is a size (at least 0) or a name; fix the file's input shape",
+                            input.name
+                        );
+                    }
+                }
+            }
             if !input.data_type.is_float() {
                 bail!(
                     "graph input `{}` is {}, not float",

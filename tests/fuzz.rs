@@ -1,6 +1,8 @@
-//! A short seeded run of the ONNX fuzzer: a few thousand mutated models
-//! (seeds: small models of the ONNX backend test data and the fixtures under
-//! models/) are decoded, imported and run, and none may panic. The engine is
+//! A short seeded run of the fuzzer: a few thousand mutated models (seeds:
+//! small models of the ONNX backend test data and the fixtures under
+//! models/) are decoded, imported and run, a quarter of the iterations load
+//! mutated data files instead (IDX, gzip'd IDX, .npy, .npz, image folders
+//! made from real Fashion-MNIST images), and none may panic. The engine is
 //! examples/fuzz_onnx.rs, included here as a module so that it exists once.
 //!
 //! The long campaign (one million executions, crash inputs saved):
@@ -44,6 +46,12 @@ fn fuzz_seeded_mutations_do_not_panic() {
     assert!(
         stats.get(Counter::Imported) > ITERATIONS / 10,
         "too few imports:\n{}",
+        stats.lines()
+    );
+    // Data files: some still load, most mutations are refused.
+    assert!(
+        stats.get(Counter::DataLoaded) > 0 && stats.get(Counter::DataErrors) > 0,
+        "data files not reached:\n{}",
         stats.lines()
     );
     assert!(

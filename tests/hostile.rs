@@ -22,9 +22,10 @@ use crate::common::{self, decode_fixture, dims_mut, write_model};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
 const VGG: &str = "vgg_badnets_legacy.onnx";
-/// The child's address-space limit: ibau's `verify` of a fixture peaks
-/// under 2 GiB of address space; a header's claim allocated for real does not fit.
-const ADDRESS_LIMIT: u64 = 4 << 30;
+/// The child's address-space limit, that of a small CI runner: ibau's
+/// `sanitize` of a fixture on 100 images fits in it (0.56 GB peak RSS in a
+/// release build); a header's claim allocated for real does not.
+const ADDRESS_LIMIT: u64 = 2 << 30;
 /// A case that takes longer has hung.
 const TIME_LIMIT: Duration = Duration::from_secs(120);
 
@@ -50,7 +51,10 @@ fn run_with(args: &[&str], env: &[(&str, &str)], stdout: Option<Stdio>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut cmd = Command::new(binary());
+    // The budget the machine gives, unless the case sets one (the fuzz test
+    // sets a small one in this process's environment).
     cmd.args(args)
+        .env_remove(ibau::limits::BUDGET_VARIABLE)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout.unwrap_or_else(|| std::fs::File::create(&out_path).unwrap().into()))
@@ -75,13 +79,23 @@ fn run_with(args: &[&str], env: &[(&str, &str)], stdout: Option<Stdio>) -> Run {
     let start = Instant::now();
     // wait4 rather than try_wait: it also tells the child's peak memory.
     let pid = child.id() as libc::pid_t;
+    // The child's own peak, VmHWM, read while it runs: wait4's ru_maxrss
+    // also counts the test process's memory at the fork (Linux keeps the
+    // pre-exec high-water mark), which a full test run makes large.
+    let mut hwm_kib = 0;
     let (status, max_rss_kib) = loop {
         let mut status = 0;
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         if done == pid {
-            break (status, usage.ru_maxrss as u64);
+            let peak = if hwm_kib > 0 {
+                hwm_kib
+            } else {
+                usage.ru_maxrss as u64
+            };
+            break (status, peak);
         }
+        hwm_kib = hwm_kib.max(vm_hwm_kib(pid).unwrap_or(0));
         assert!(
             done == 0,
             "wait4 failed: {}",
@@ -102,6 +116,18 @@ fn run_with(args: &[&str], env: &[(&str, &str)], stdout: Option<Stdio>) -> Run {
     }
 }
 
+/// The peak resident memory of process `pid` (`VmHWM`), in KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line["VmHWM:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn run(args: &[&str]) -> Run {
     run_with(args, &[], None)
 }
@@ -120,6 +146,19 @@ fn sanitize(model: &Path, extra: &[&str]) -> Run {
     args.extend_from_slice(extra);
     run(&args)
 }
+
+/// Options that make `sanitize` fail after its output plan is made: a
+/// target the model lacks.
+const WRONG_TARGET: [&str; 8] = [
+    "--test",
+    FASHION,
+    "--test-range",
+    "0:100",
+    "--trigger",
+    "patch:size=3,value=1,row=24,col=24",
+    "--target",
+    "99",
+];
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -659,17 +698,18 @@ fn outputs_are_checked_before_any_work_and_staging_never_lingers() {
     assert_refused(&sanitize(&["--report", s(&missing)]), "does not exist");
     // An error found after the plan is made (a target the model lacks):
     // the stale folder is gone, nothing is written.
-    let out_err = sanitize(&[
-        "--test",
-        FASHION,
-        "--test-range",
-        "0:100",
-        "--trigger",
-        "patch:size=3,value=1,row=24,col=24",
-        "--target",
-        "99",
-    ]);
-    assert_refused(&out_err, "--target 99");
+    let out_err = sanitize(&WRONG_TARGET);
+    // The removal is said on a line of its own, before the error.
+    let (note, error) = out_err.stderr.split_once('\n').unwrap();
+    assert!(note.starts_with("note: removed 1 file"), "{note}");
+    assert_refused(
+        &Run {
+            stderr: error.to_string(),
+            stdout: Vec::new(),
+            ..out_err
+        },
+        "--target 99",
+    );
     assert!(!stale.exists(), "the stale staging folder is still there");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -859,4 +899,257 @@ fn messages_are_one_line_named_and_escaped() {
     // TorchScript forward failures carry their cause.
     let ts = common::fixture("vgg_badnets_traced.pt");
     assert_refused(&eval_flat(&ts), "flat: ");
+}
+
+// 12. Bounded by the machine, safe when killed (issue 32) --------------------
+
+/// Writes `path` with Python's zlib (far faster on zeros than a debug build
+/// of flate2): a gzip stream (`kind = "gzip"`) holding `head` then `zeros`
+/// zero bytes, or (`kind = "zip"`) a copy of the zip archive `source` whose
+/// entry `entry` gets `zeros` zero bytes appended, deflated.
+fn python_bomb(kind: &str, path: &Path, head: &[u8], zeros: u64, source: &str, entry: &str) {
+    let script = "import sys, zlib, zipfile\n\
+        kind, path, head, zeros, source, entry = sys.argv[1:7]\n\
+        head, zeros = bytes.fromhex(head), int(zeros)\n\
+        chunk = bytes(1 << 24)\n\
+        if kind == 'gzip':\n\
+        \x20   c = zlib.compressobj(1, zlib.DEFLATED, 31)\n\
+        \x20   out = open(path, 'wb')\n\
+        \x20   out.write(c.compress(head))\n\
+        \x20   for _ in range(zeros // len(chunk)): out.write(c.compress(chunk))\n\
+        \x20   out.write(c.compress(bytes(zeros % len(chunk))))\n\
+        \x20   out.write(c.flush())\n\
+        else:\n\
+        \x20   src = zipfile.ZipFile(source)\n\
+        \x20   with zipfile.ZipFile(path, 'w') as out:\n\
+        \x20       for info in src.infolist():\n\
+        \x20           data = src.read(info)\n\
+        \x20           if info.filename != entry:\n\
+        \x20               out.writestr(info, data)\n\
+        \x20               continue\n\
+        \x20           big = zipfile.ZipInfo(info.filename)\n\
+        \x20           big.compress_type = zipfile.ZIP_DEFLATED\n\
+        \x20           with out.open(big, 'w', force_zip64=True) as w:\n\
+        \x20               w.write(data)\n\
+        \x20               for _ in range(zeros // len(chunk)): w.write(chunk)\n";
+    let hex: String = head.iter().map(|b| format!("{b:02x}")).collect();
+    let made = Command::new(common::python())
+        .args([
+            "-c",
+            script,
+            kind,
+            s(path),
+            &hex,
+            &zeros.to_string(),
+            source,
+            entry,
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "making {}", path.display());
+}
+
+#[test]
+fn the_memory_budget_fits_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let vgg = common::fixture(VGG);
+    // A gzip'd IDX whose header tells the truth: 2 M images of 28x28, 1.5 GiB
+    // once inflated, from about 6 MB. Under the old fixed budget of 8 GiB it
+    // was inflated until the address space ran out; in a 2 GiB address
+    // space the budget is a share of what is left, and the claim is refused
+    // before anything is inflated.
+    let images: u32 = 2 << 20;
+    let mut head = vec![0, 0, 0x08, 3];
+    for d in [images, 28, 28] {
+        head.extend_from_slice(&d.to_be_bytes());
+    }
+    let bomb = dir.path().join("true-images-idx3-ubyte.gz");
+    python_bomb("gzip", &bomb, &head, u64::from(images) * 784, "", "");
+    let before = snapshot(dir.path());
+    let out = run(&["eval", s(&vgg), "--data", s(&bomb)]);
+    assert_refused(&out, "true-images-idx3-ubyte.gz");
+    assert!(out.stderr.contains("memory budget"), "{}", out.stderr);
+    assert!(out.stderr.contains("address-space limit"), "{}", out.stderr);
+    assert!(
+        out.max_rss_kib < 512 << 10,
+        "peak memory {} MiB: the stream was inflated",
+        out.max_rss_kib >> 10
+    );
+    // The budget can still be raised on purpose: then it is the address
+    // space that stops it, still as an error naming the file.
+    let raised = run_with(
+        &["eval", s(&vgg), "--data", s(&bomb)],
+        &[("IBAU_MEMORY_BUDGET", "64G")],
+        None,
+    );
+    assert_refused(&raised, "true-images-idx3-ubyte.gz");
+    assert_eq!(before, snapshot(dir.path()), "an input changed");
+
+    // A TorchScript archive whose first weight record inflates to 1.5 GiB:
+    // libtorch's loader would allocate it; the archive is inspected first.
+    let ts = dir.path().join("inflating.pt");
+    python_bomb(
+        "zip",
+        &ts,
+        &[],
+        3 << 29,
+        s(&common::fixture("vgg_badnets_traced.pt")),
+        "vgg_badnets_traced/data/0",
+    );
+    // Deflated: a small file (the run's peak memory counts what the test
+    // process holds when it forks the child).
+    assert!(std::fs::metadata(&ts).unwrap().len() < 16 << 20);
+    let before = snapshot(dir.path());
+    for args in [
+        vec!["inspect", s(&ts)],
+        vec!["eval", s(&ts), "--data", FASHION, "--range", "0:10"],
+    ] {
+        let out = run(&args);
+        assert_refused(&out, "inflating.pt");
+        assert!(
+            out.stderr.contains("vgg_badnets_traced/data/0"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.max_rss_kib < 512 << 10,
+            "peak {} MiB",
+            out.max_rss_kib >> 10
+        );
+    }
+    assert_eq!(before, snapshot(dir.path()), "an input changed");
+}
+
+#[test]
+fn a_killed_sanitize_leaves_nothing_after_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let vgg = common::fixture(VGG);
+    let out = dir.path().join("out.onnx");
+    let staging = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains(".ibau-staging-"))
+            .collect()
+    };
+    // A real run, killed with SIGKILL while it trains.
+    let mut child = Command::new(binary())
+        .args([
+            "sanitize",
+            "--no-scan",
+            s(&vgg),
+            "--clean",
+            FASHION,
+            "--clean-range",
+            "0:100",
+            "--rounds",
+            "1000000",
+            "-o",
+            s(&out),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while staging(dir.path()).is_empty() {
+        assert!(start.elapsed() < TIME_LIMIT, "no staging folder appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = staging(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    // A leftover named for a PID that is alive (PID 1, as in another
+    // container), and a temporary file of a killed report write.
+    let foreign = dir.path().join(".ibau-staging-1-00000000deadbeef");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("out.onnx"), b"half").unwrap();
+    let tmp = dir.path().join(".report.json.ibau-tmp-1");
+    std::fs::write(&tmp, b"{\"half").unwrap();
+    // A user's file that only looks alike stays.
+    let keep = dir.path().join("notes.ibau-tmp-1");
+    std::fs::write(&keep, b"mine").unwrap();
+
+    // The next run into the folder (one that then fails on its options)
+    // removes them and says so, on its own line before the error.
+    let mut args = vec!["-o", s(&out)];
+    args.extend(WRONG_TARGET);
+    let next = sanitize(&vgg, &args);
+    assert_eq!(next.code, Some(2), "{}", next.stderr);
+    let lines: Vec<&str> = next.stderr.trim_end().lines().collect();
+    assert_eq!(lines.len(), 2, "{}", next.stderr);
+    assert!(
+        lines[0].starts_with("note: removed 3 files left by killed ibau runs"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("error: ") && lines[1].contains("--target 99"),
+        "{}",
+        lines[1]
+    );
+    let remaining: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(remaining, vec![keep], "left behind");
+}
+
+#[test]
+fn runtime_failures_are_said_in_our_words() {
+    let dir = tempfile::tempdir().unwrap();
+    // A graph with no nodes and no outputs: ONNX Runtime's C++ check text
+    // used to come through.
+    let mut empty = build::model(vec![], vec![], &[("x", &[1, 1, 28, 28])], &[]);
+    empty.proto.graph.as_mut().unwrap().output.clear();
+    let path = write_model(dir.path(), "empty.onnx", &empty.proto);
+    assert_refused(&run(&["verify", s(&path)]), "has no graph outputs");
+
+    // No nodes, the output a weight: libtorch's "Expected a proper Tensor
+    // but got None" during training.
+    let constant = small_model(
+        dir.path(),
+        "constant.onnx",
+        &[1, 1, 28, 28],
+        vec![node("id", "Identity", &["w"], &["y"])],
+        vec![build::floats("w", &[1, 10], &[0.5; 10])],
+    );
+    let out = sanitize(&constant, &["-o", s(&dir.path().join("c-out.onnx"))]);
+    assert_refused(&out, "does not depend on the graph input `x`");
+    assert!(out.stderr.contains("constant.onnx"), "{}", out.stderr);
+
+    // An input declared with a negative dimension: "mat1 and mat2 shapes
+    // cannot be multiplied" from the first Gemm.
+    let mut model = decode_fixture("jax_mlp.onnx");
+    let input = &mut model.graph.as_mut().unwrap().input[0];
+    dims_mut(input)[1].value = Some(DimValue::DimValue(-784));
+    let path = write_model(dir.path(), "negative.onnx", &model);
+    let out = run(&["verify", s(&path)]);
+    assert_refused(&out, "declares dimension -784 at axis 1");
+
+    assert_eq!(
+        snapshot(dir.path()).len(),
+        3,
+        "only the three models are in the folder"
+    );
+
+    // --std without --mean.
+    let out = run(&[
+        "eval",
+        s(&common::fixture(VGG)),
+        "--data",
+        FASHION,
+        "--range",
+        "0:10",
+        "--std",
+        "0.5",
+    ]);
+    assert_refused(&out, "--std");
+    assert!(out.stderr.contains("without --mean"), "{}", out.stderr);
+    assert!(!out.stderr.contains("give 1 or 1"), "{}", out.stderr);
 }

@@ -162,6 +162,13 @@ pub fn existing_file(s: &str) -> Result<PathBuf, String> {
 /// Writes one line of human output to stdout. Control characters (from node
 /// and tensor names in a hostile file) are shown escaped; a closed pipe or a
 /// full disk is an error for the caller, never a panic.
+/// Says on stderr what a run removed that killed runs had left behind.
+pub fn note_removed(removed: &[std::path::PathBuf]) {
+    if let Some(line) = ibau::outputs::describe_removed(removed) {
+        eprintln!("note: {line}");
+    }
+}
+
 pub fn outln(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     use std::io::Write;
     let text = args.to_string();

@@ -274,6 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         inputs.extend(attack.trigger.files(), "a --trigger file");
     }
     let plan = OutputPlan::new(&inputs, &args.output, args.report.as_deref())?;
+    super::note_removed(&plan.removed);
     let options = ImportOptions {
         device: args.device,
         freeze: args.freeze.clone(),

@@ -218,7 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             .map(|p| (p, "--save-triggers")),
     );
     folders.extend(args.cache.as_deref().map(|p| (p, "--cache")));
-    ibau::outputs::check_outputs(&inputs, &files, &folders)?;
+    super::note_removed(&ibau::outputs::check_outputs(&inputs, &files, &folders)?);
     let cache = args.cache.as_deref().map(Cache::open).transpose()?;
     if let Some(dir) = &args.save_triggers {
         if !dir.exists() {
@@ -326,7 +326,11 @@ fn finish(report: &ScanReport, out: &ReportArgs) -> anyhow::Result<Outcome> {
 pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
     let mut inputs = Inputs::default();
     inputs.extend(args.reports.iter().cloned(), "a shard report");
-    ibau::outputs::check_outputs(&inputs, &args.out.files(), &[])?;
+    super::note_removed(&ibau::outputs::check_outputs(
+        &inputs,
+        &args.out.files(),
+        &[],
+    )?);
     let report = scan::merge::merge_files(&args.reports)?;
     if !args.out.json {
         for entry in &report.models {

@@ -166,6 +166,22 @@ pub fn normalize(images: &Tensor, mean: &[f64], std: &[f64]) -> Result<Tensor, D
         });
     }
     let c = size[1];
+    let counts = if c == 1 {
+        "1 value".to_string()
+    } else {
+        format!("1 value or {c}, one per channel")
+    };
+    for (option, given, other, missing) in [
+        ("--std", std, "--mean", mean),
+        ("--mean", mean, "--std", std),
+    ] {
+        if missing.is_empty() && !given.is_empty() {
+            return Err(DataError::Normalize {
+                option,
+                reason: format!("given without {other}: give both ({counts} each)"),
+            });
+        }
+    }
     let per_channel = |option: &'static str, v: &[f64]| -> Result<Vec<f64>, DataError> {
         if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
             return Err(DataError::Normalize {
@@ -178,7 +194,7 @@ pub fn normalize(images: &Tensor, mean: &[f64], std: &[f64]) -> Result<Tensor, D
             n if n as i64 == c => Ok(v.to_vec()),
             n => Err(DataError::Normalize {
                 option,
-                reason: format!("{n} values given for images with {c} channels (give 1 or {c})"),
+                reason: format!("{n} values given for images with {c} channels (give {counts})"),
             }),
         }
     };
@@ -305,5 +321,15 @@ mod tests {
         );
         let e = normalize(&x, &[0.5], &[0.0]).unwrap_err().to_string();
         assert!(e.starts_with("--std"), "{e}");
+        // One of the two alone says which is missing.
+        let e = normalize(&x, &[], &[0.5]).unwrap_err().to_string();
+        assert!(e.contains("--std") && e.contains("without --mean"), "{e}");
+        let e = normalize(&images(1, 1, 2, 2), &[0.5], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without --std") && e.contains("1 value each"),
+            "{e}"
+        );
     }
 }

@@ -74,6 +74,16 @@ impl Model {
             source,
         };
         let mut file = crate::inputs::open_regular(path).map_err(io)?;
+        // Held once as bytes; decoding adds at most about as much again.
+        let size = file.metadata().map_err(io)?.len();
+        crate::limits::check_bytes(u128::from(size) * 2, "reading and decoding it").map_err(
+            |e| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    e.to_string(),
+                ))
+            },
+        )?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
         // One buffer: the initializers' `raw_data` are slices of it.
@@ -190,7 +200,11 @@ pub fn temporary_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    crate::outputs::parent_folder(path).join(format!(".{name}.{}.tmp", std::process::id()))
+    crate::outputs::parent_folder(path).join(format!(
+        ".{name}{}{}",
+        crate::outputs::TEMPORARY_MARKER,
+        std::process::id()
+    ))
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over

@@ -22,6 +22,60 @@ pub enum ParityError {
     Torch(#[from] tch::TchError),
 }
 
+/// ONNX Runtime's error text made one readable line: a C++ check's text
+/// (`/src/file.cc:294 onnxruntime::Status f(const A&, ...) cond was false.
+/// message`) becomes `message (ONNX Runtime's check `cond` in file.cc:294)`;
+/// anything else is kept, on one line.
+pub fn runtime_text(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let location = line.split(' ').position(|w| {
+        w.rsplit_once(':').is_some_and(|(file, n)| {
+            [".cc", ".cpp", ".h"].iter().any(|e| file.ends_with(e))
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+        })
+    });
+    let Some(at) = location else {
+        return line;
+    };
+    let words: Vec<&str> = line.split(' ').collect();
+    let prefix = words[..at].join(" ");
+    let source = words[at].rsplit('/').next().unwrap_or(words[at]);
+    let rest = words[at + 1..].join(" ");
+    // Skip the function's signature: up to the parenthesis that closes its
+    // parameter list.
+    let mut depth = 0i32;
+    let mut end = None;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(i + 1);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let body = end.map_or(rest.as_str(), |e| rest[e..].trim());
+    let (check, message) = match body.split_once(" was false.") {
+        Some((check, message)) => (Some(check.trim()), message.trim()),
+        None => (None, body),
+    };
+    let message = if message.is_empty() { body } else { message };
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix} ")
+    };
+    match check {
+        Some(check) => format!("{prefix}{message} (ONNX Runtime's check `{check}` in {source})"),
+        None => format!("{prefix}{message} (in ONNX Runtime's {source})"),
+    }
+}
+
 /// The largest absolute difference between two tensors of the same shape
 /// (compared in f64 on the CPU); infinite when shapes differ.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -83,4 +137,26 @@ pub(crate) fn to_vec<T: tch::kind::Element>(
     let mut data = vec![T::ZERO; n];
     t.f_copy_data(&mut data, n)?;
     Ok((shape, data))
+}
+
+#[cfg(test)]
+mod runtime_text_tests {
+    use super::runtime_text;
+
+    #[test]
+    fn onnx_runtime_checks_become_one_readable_line() {
+        let raw = "Exception during initialization: /onnxruntime_src/onnxruntime/core/framework/session_state_utils.cc:294 \
+onnxruntime::common::Status onnxruntime::session_state_utils::SaveInitializedTensors(const onnxruntime::Env&, \
+const std::vector<int>&, const MemoryProfileFunction&) ort_value_name_idx_map.MaxIdx() > -1 was false. \
+OrtValue indexes should have been populated.";
+        assert_eq!(
+            runtime_text(raw),
+            "Exception during initialization: OrtValue indexes should have been populated. \
+(ONNX Runtime's check `ort_value_name_idx_map.MaxIdx() > -1` in session_state_utils.cc:294)"
+        );
+        assert_eq!(
+            runtime_text("Invalid rank\nfor input"),
+            "Invalid rank for input"
+        );
+    }
 }

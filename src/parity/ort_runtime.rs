@@ -65,7 +65,7 @@ impl OrtSession {
         let env = environment()?;
         let err = |e: &dyn std::fmt::Display| ParityError::Ort {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message: super::runtime_text(&e.to_string()),
         };
         let session = Session::builder(env)
             .map_err(|e| err(&e))?
@@ -89,7 +89,7 @@ impl OrtSession {
     fn err(&self, e: impl std::fmt::Display) -> ParityError {
         ParityError::Ort {
             path: self.path.clone(),
-            message: e.to_string(),
+            message: super::runtime_text(&e.to_string()),
         }
     }
 
@@ -136,7 +136,7 @@ impl OrtSession {
         let path = self.path.clone();
         let err = |e: &dyn std::fmt::Display| ParityError::Ort {
             path: path.clone(),
-            message: e.to_string(),
+            message: super::runtime_text(&e.to_string()),
         };
         let outputs = self.session.run(values).map_err(|e| err(&e))?;
         let mut result = Vec::new();
