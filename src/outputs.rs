@@ -530,11 +530,12 @@ pub fn describe_removed(removed: &[PathBuf]) -> Option<String> {
         })
         .collect();
     Some(format!(
-        "removed {} left by killed ibau runs in `{}`: {}",
+        "removed {} {} of killed ibau runs in `{}`: {}",
+        removed.len(),
         if removed.len() == 1 {
-            "1 file".to_string()
+            "leftover"
         } else {
-            format!("{} files", removed.len())
+            "leftovers"
         },
         parent_folder(first).display(),
         names.join(", ")

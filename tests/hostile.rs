@@ -701,7 +701,7 @@ fn outputs_are_checked_before_any_work_and_staging_never_lingers() {
     let out_err = sanitize(&WRONG_TARGET);
     // The removal is said on a line of its own, before the error.
     let (note, error) = out_err.stderr.split_once('\n').unwrap();
-    assert!(note.starts_with("note: removed 1 file"), "{note}");
+    assert!(note.starts_with("note: removed 1 leftover of"), "{note}");
     assert_refused(
         &Run {
             stderr: error.to_string(),
@@ -1083,7 +1083,7 @@ fn a_killed_sanitize_leaves_nothing_after_the_next_run() {
     let lines: Vec<&str> = next.stderr.trim_end().lines().collect();
     assert_eq!(lines.len(), 2, "{}", next.stderr);
     assert!(
-        lines[0].starts_with("note: removed 3 files left by killed ibau runs"),
+        lines[0].starts_with("note: removed 3 leftovers of killed ibau runs"),
         "{}",
         lines[0]
     );
