@@ -42,6 +42,16 @@ pub struct Batch {
     pub labels: Tensor,
 }
 
+impl Batch {
+    /// The same tensors, shared (no copy).
+    pub fn shallow_clone(&self) -> Batch {
+        Batch {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
+    }
+}
+
 /// Predicted classes and class probabilities of `images` (pixels, mapped
 /// by `map`), `max_batch` at a time.
 pub fn predict_with_probabilities(

@@ -318,6 +318,28 @@ fn bad_options_exit_2() {
         "tpu",
     ]);
     assert_error(&out, "tpu");
+    // Options another option would silently disable are refused, naming
+    // both, before anything is read.
+    let sanitize = |extra: &[&str]| {
+        let mut args = vec![
+            "sanitize",
+            path_str(&model),
+            "--clean",
+            "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+            "-o",
+            "/nonexistent/out.onnx",
+        ];
+        args.extend_from_slice(extra);
+        ibau(&args)
+    };
+    for option in ["--untargeted", "--mask-fallback"] {
+        let out = sanitize(&["--search", "paper", option]);
+        assert_error(&out, option);
+        assert!(stderr(&out).contains("--search paper"), "{}", stderr(&out));
+    }
+    let out = sanitize(&["--perturbation-lr", "5"]);
+    assert_error(&out, "--perturbation-lr");
+    assert!(stderr(&out).contains("targeted search"), "{}", stderr(&out));
 }
 
 /// `ibau eval MODEL` on the Fashion-MNIST test images `range`, with `extra`

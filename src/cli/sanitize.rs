@@ -75,9 +75,10 @@ pub struct Args {
     /// over the batches).
     #[arg(long, value_parser = super::positive_count)]
     pub perturbation_steps: Option<usize>,
-    /// Learning rate of the paper's perturbation search (`--search paper`).
-    #[arg(long, default_value_t = 10.0, value_parser = super::positive_number, allow_negative_numbers = true)]
-    pub perturbation_lr: f64,
+    /// Learning rate of the paper's perturbation search; only with
+    /// `--search paper` (the targeted search sets its own step) [default: 10].
+    #[arg(long, value_parser = super::positive_number, allow_negative_numbers = true)]
+    pub perturbation_lr: Option<f64>,
     /// L2 radius the perturbation is projected into (the targeted search's
     /// largest radius).
     #[arg(long, default_value_t = 10.0, value_parser = super::positive_number, allow_negative_numbers = true)]
@@ -132,7 +133,7 @@ pub struct Args {
     /// float16 ONNX models, 3e-2 for bfloat16 ones].
     #[arg(long, value_parser = super::non_negative_number, allow_negative_numbers = true)]
     pub parity_tolerance: Option<f64>,
-    /// Write a JSON report (schema in README.md).
+    /// Write a JSON report (schema in docs/schemas.md).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// Do not scan the model before and after (see `ibau scan`); the report's
@@ -154,14 +155,15 @@ pub struct Args {
     /// Also unlearn the paper's untargeted universal perturbation in every
     /// round of the targeted search, besides each flagged class's (for
     /// attacks without one easiest target, such as all-to-all triggers).
+    /// Only with the targeted search.
     #[arg(long)]
     pub untargeted: bool,
     /// Also unlearn a universal mask trigger (Neural Cleanse's form) found
     /// by an untargeted search in every round of the targeted search, with
-    /// 20% of every outer batch stamped: the fallback for all-to-all
-    /// backdoors, which the per-class scan misses (it then says clean, so
-    /// combine with `--force` to train without the accuracy guard). Off by
-    /// default: its cost on clean models is not measured yet.
+    /// 20% of every outer batch stamped: what unlearns all-to-all backdoors.
+    /// On by itself when the scan before flags a backdoor without a target
+    /// class (its untargeted mask); this forces it on other models. Only
+    /// with the targeted search.
     #[arg(long)]
     pub mask_fallback: bool,
     #[command(flatten)]
@@ -259,7 +261,74 @@ fn round_metrics(round: &ibau::sanitize::Round) -> String {
     )
 }
 
+/// The library's configuration from the command line: every derived
+/// default is resolved here, once, and options that mean nothing together
+/// are refused rather than ignored.
+fn sanitize_config(args: &Args) -> anyhow::Result<SanitizeConfig> {
+    let search = match args.search {
+        SearchArg::Paper => Search::Paper,
+        SearchArg::Targeted => Search::Targeted,
+    };
+    for (given, option) in [
+        (args.untargeted, "--untargeted"),
+        (args.mask_fallback, "--mask-fallback"),
+    ] {
+        if given && search == Search::Paper {
+            anyhow::bail!(
+                "{option}: it adds to the targeted search; --search paper has no per-class search to add it to (drop one of the two)"
+            );
+        }
+    }
+    if search == Search::Targeted && args.perturbation_lr.is_some() {
+        anyhow::bail!(
+            "--perturbation-lr: it sets the paper's search (--search paper); the targeted search sets its own step"
+        );
+    }
+    let ibau = Config {
+        rounds: args.rounds,
+        search,
+        k: args.k,
+        optimizer: match args.optim {
+            OptimArg::Adam => OptimizerKind::Adam,
+            OptimArg::Sgd => OptimizerKind::Sgd,
+        },
+        lr: args.lr,
+        batch_size: args.batch_size as usize,
+        max_batch: Some(args.max_batch.unwrap_or(2 * args.batch_size as usize)),
+        candidates: args.candidates,
+        targets: Vec::new(),
+        untargeted: args.untargeted,
+        mask_fallback: args.mask_fallback,
+        perturbation_lr: args
+            .perturbation_lr
+            .unwrap_or(Config::default().perturbation_lr),
+        perturbation_radius: args.radius,
+        perturbation_steps: args.perturbation_steps,
+        regularization: args.regularization,
+        inner_step: args.inner_step,
+        poison_share: args.poison_share,
+        tolerance: args.fixed_point_tolerance,
+        seed: args.seed,
+    };
+    let scan = (!args.no_scan).then(|| ibau::scan::ScanConfig {
+        max_batch: ibau.max_batch_or_default(),
+        candidates: args.candidates,
+        ..Default::default()
+    });
+    Ok(SanitizeConfig {
+        ibau,
+        preprocess: args.preprocess.to_library(),
+        test: None,
+        stop_below_asr: args.stop_below_asr,
+        parity_tolerance: args.parity_tolerance,
+        scan,
+        until_clean: args.until_clean,
+        force: args.force,
+    })
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let mut config = sanitize_config(&args)?;
     let attacks = super::attacks_option(&args.trigger, &args.target)?;
     let legend = attack_legend(&attacks);
     // Where this run writes, checked against everything it reads before
@@ -297,72 +366,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }),
         None => None,
     };
-    let config = SanitizeConfig {
-        ibau: Config {
-            rounds: args.rounds,
-            search: match args.search {
-                SearchArg::Paper => Search::Paper,
-                SearchArg::Targeted => Search::Targeted,
-            },
-            k: args.k,
-            optimizer: match args.optim {
-                OptimArg::Adam => OptimizerKind::Adam,
-                OptimArg::Sgd => OptimizerKind::Sgd,
-            },
-            lr: args.lr,
-            batch_size: args.batch_size as usize,
-            max_batch: args.max_batch,
-            candidates: args.candidates,
-            targets: Vec::new(),
-            untargeted: args.untargeted,
-            mask_fallback: args.mask_fallback,
-            perturbation_lr: args.perturbation_lr,
-            perturbation_radius: args.radius,
-            perturbation_steps: args.perturbation_steps,
-            regularization: args.regularization,
-            inner_step: args.inner_step,
-            poison_share: args.poison_share,
-            tolerance: args.fixed_point_tolerance,
-            seed: args.seed,
-        },
-        preprocess: args.preprocess.to_library(),
-        test,
-        stop_below_asr: args.stop_below_asr,
-        parity_tolerance: args.parity_tolerance,
-        scan: (!args.no_scan).then(|| ibau::scan::ScanConfig {
-            max_batch: args.max_batch.unwrap_or(2 * args.batch_size as usize) as i64,
-            candidates: args.candidates,
-            ..Default::default()
-        }),
-        until_clean: args.until_clean,
-        force: args.force,
-    };
+    config.test = test;
     let mut progress = Progress::new(&args.model, &legend);
     progress.force = args.force;
     let report = ibau::sanitize(&mut model, &clean, &config, &plan, &mut progress)?;
     progress.finish();
-    if let Some(g) = report.guard.as_ref().filter(|g| g.held_back == 0) {
-        eprintln!(
-            "accuracy guard (the scan found no backdoor): the clean set is a single batch ({:.2}% accurate), so nothing can be held back to measure what training costs; no round ran and the weights are written as they came (give more samples than --batch-size, or --force to train anyway)",
-            100.0 * g.acc_before
-        );
-    } else if let Some(g) = &report.guard {
-        eprintln!(
-            "accuracy guard (the scan found no backdoor): {:.2}% -> {:.2}% on {} held-back clean samples{}",
-            100.0 * g.acc_before,
-            100.0 * g.acc_after,
-            g.held_back,
-            match (g.kept_round, g.over_budget.as_slice()) {
-                (_, []) => String::new(),
-                (0, _) => "; every round lost more than 0.5 points: the weights are written as they came".to_string(),
-                (kept, over) => format!(
-                    "; the weights of round {kept} are written (round(s) {} lost more than 0.5 points)",
-                    over.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            }
-        );
+    if let Some(g) = &report.guard {
+        eprintln!("{}", guard_line(g));
     }
-
     eprintln!();
     print_table(&report, &legend);
     eprintln!(
@@ -461,148 +472,179 @@ impl Observer for Progress<'_> {
                 round,
                 rounds,
                 phase,
-            } => {
-                // One bar over every step of every round: the search's
-                // steps (known once it starts) and the outer steps.
-                let (search, outer) = match phase {
-                    Phase::Search { steps, .. } => (steps, self.batches),
-                    Phase::Unlearn { steps, .. } => (self.search_steps, steps),
-                };
-                self.search_steps = search;
-                let per_round = search + outer;
-                let bar = self.bar.get_or_insert_with(|| {
-                    let bar = ProgressBar::new((rounds * per_round) as u64);
-                    bar.set_style(
-                        ProgressStyle::with_template(
-                            "{msg} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
-                        )
-                        .expect("a valid template")
-                        .progress_chars("=> "),
-                    );
-                    bar
-                });
-                bar.set_length((rounds * per_round) as u64);
-                let (what, done) = match phase {
-                    Phase::Search { step, steps } => (format!("search {step}/{steps}"), step),
-                    Phase::Unlearn { step, steps } => {
-                        (format!("unlearning {step}/{steps}"), search + step)
-                    }
-                };
-                bar.set_message(format!("round {round}/{rounds}, {what}"));
-                bar.set_position(((round - 1) * per_round + done) as u64);
-            }
-            Event::Round(round) => {
-                let r = &round.stats;
-                self.say(format!(
-                    "round {}: {:.1} s, {}perturbation norm {:.3} (sends {:.0}% to class {}){}{}",
-                    r.round,
-                    r.seconds,
-                    r.targeted
-                        .as_ref()
-                        .map(|t| format!(
-                            "{}class {} needs radius {:.2} (median of classes {:.2}), ",
-                            if t.classes.len() > 1 {
-                                format!(
-                                    "unlearning classes {}: ",
-                                    t.classes
-                                        .iter()
-                                        .map(i64::to_string)
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )
-                            } else {
-                                String::new()
-                            },
-                            t.class,
-                            t.radius,
-                            t.median_radius
-                        ))
-                        .unwrap_or_default(),
-                    r.perturbation_norm,
-                    100.0 * r.perturbed_share,
-                    r.perturbed_class,
-                    r.mask
-                        .as_ref()
-                        .map(|m| format!(
-                            ", mask trigger of {:.1} elements ({:.1}% of the input) moves {:.0}% off their class",
-                            m.size,
-                            100.0 * m.coverage,
-                            100.0 * m.fooled
-                        ))
-                        .unwrap_or_default(),
-                    round_metrics(round)
-                ));
-            }
+            } => self.step(round, rounds, phase),
+            Event::Round(round) => self.say(round_line(round)),
             Event::Rounded { tensors } => self.say(format!(
                 "rounded {tensors} trained tensors to their stored precision (float16/bfloat16)"
             )),
-            Event::Scanning { when, step, steps } => {
-                let bar = self.scan_bar.get_or_insert_with(|| {
-                    let bar = ProgressBar::new(steps as u64);
-                    bar.set_style(
-                        ProgressStyle::with_template(
-                            "{msg} [{bar:30}] {pos}/{len} steps, ETA {eta}",
-                        )
-                        .expect("a valid template")
-                        .progress_chars("=> "),
-                    );
-                    bar
-                });
-                bar.set_message(format!("scan {}", when_text(when)));
-                bar.set_position(step as u64);
-            }
+            Event::Scanning { when, step, steps } => self.scanning(when, step, steps),
             Event::Scanned { when, verdict } => {
                 if let Some(bar) = self.scan_bar.take() {
                     bar.finish_and_clear();
                 }
-                let targets = verdict
-                    .targets
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let what = match (verdict.verdict, &verdict.untargeted) {
-                    (ibau::scan::Verdict::Backdoor, _) if !targets.is_empty() => {
-                        format!("backdoor, target class {targets}")
-                    }
-                    (ibau::scan::Verdict::Backdoor, Some(u)) => format!(
-                        "backdoor without one target: a universal mask trigger of {:.1} pixels, {:.1}x smaller than the median class's, moves {:.0}% of the clean images off their class (all-to-all); the mask fallback unlearns it",
-                        u.mask,
-                        u.score,
-                        100.0 * u.moved
-                    ),
-                    _ => "clean".to_string(),
-                };
-                let note = if when == ScanWhen::Before
-                    && verdict.verdict != ibau::scan::Verdict::Backdoor
-                {
-                    if self.force {
-                        ": the model shows no backdoor; sanitizing anyway (--force)"
-                    } else {
-                        ": the model shows no backdoor; training under an accuracy guard (the last round within 0.5 points of the clean accuracy it started with is written; --force trains without it)"
-                    }
-                } else {
-                    ""
-                };
-                let residual = verdict
-                    .residual
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "; a trigger of the size found before still sends {:.0}% to class {}",
-                            100.0 * r.share,
-                            r.class
-                        )
-                    })
-                    .collect::<String>();
-                self.say(format!(
-                    "scan {}: {what} (score {:.2} vs threshold {:.2}, {:.1} s){residual}{note}",
-                    when_text(when),
-                    verdict.statistic,
-                    verdict.threshold,
-                    verdict.seconds
-                ));
+                let line = scanned_line(when, verdict, self.force);
+                self.say(line);
             }
         }
     }
+}
+
+impl Progress<'_> {
+    /// One bar over every step of every round: the search's steps (known
+    /// once it starts) and the outer steps.
+    fn step(&mut self, round: usize, rounds: usize, phase: Phase) {
+        let (search, outer) = match phase {
+            Phase::Search { steps, .. } => (steps, self.batches),
+            Phase::Unlearn { steps, .. } => (self.search_steps, steps),
+        };
+        self.search_steps = search;
+        let per_round = search + outer;
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new((rounds * per_round) as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        bar.set_length((rounds * per_round) as u64);
+        let (what, done) = match phase {
+            Phase::Search { step, steps } => (format!("search {step}/{steps}"), step),
+            Phase::Unlearn { step, steps } => (format!("unlearning {step}/{steps}"), search + step),
+        };
+        bar.set_message(format!("round {round}/{rounds}, {what}"));
+        bar.set_position(((round - 1) * per_round + done) as u64);
+    }
+
+    fn scanning(&mut self, when: ScanWhen, step: usize, steps: usize) {
+        let bar = self.scan_bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, ETA {eta}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        bar.set_message(format!("scan {}", when_text(when)));
+        bar.set_position(step as u64);
+    }
+}
+
+/// What the accuracy guard did.
+fn guard_line(g: &ibau::sanitize::Guard) -> String {
+    if g.held_back == 0 {
+        return format!(
+            "accuracy guard (the scan found no backdoor): the clean set is a single batch ({:.2}% accurate), so nothing can be held back to measure what training costs; no round ran and the weights are written as they came (give more samples than --batch-size, or --force to train anyway)",
+            100.0 * g.acc_before
+        );
+    }
+    format!(
+        "accuracy guard (the scan found no backdoor): {:.2}% -> {:.2}% on {} held-back clean samples{}",
+        100.0 * g.acc_before,
+        100.0 * g.acc_after,
+        g.held_back,
+        match (g.kept_round, g.over_budget.as_slice()) {
+            (_, []) => String::new(),
+            (0, _) => "; every round lost more than 0.5 points: the weights are written as they came".to_string(),
+            (kept, over) => format!(
+                "; the weights of round {kept} are written (round(s) {} lost more than 0.5 points)",
+                join(&over.iter().map(|&r| r as i64).collect::<Vec<_>>())
+            ),
+        }
+    )
+}
+
+/// The line after a round: its search, its perturbation, the mask trigger
+/// and ACC/ASR.
+fn round_line(round: &ibau::sanitize::Round) -> String {
+    let r = &round.stats;
+    let targeted = r
+        .targeted
+        .as_ref()
+        .map(|t| {
+            let classes = if t.classes.len() > 1 {
+                format!("unlearning classes {}: ", join(&t.classes))
+            } else {
+                String::new()
+            };
+            format!(
+                "{classes}class {} needs radius {:.2} (median of classes {:.2}), ",
+                t.class, t.radius, t.median_radius
+            )
+        })
+        .unwrap_or_default();
+    let mask = r
+        .mask
+        .as_ref()
+        .map(|m| {
+            format!(
+                ", mask trigger of {:.1} elements ({:.1}% of the input) moves {:.0}% off their class",
+                m.size,
+                100.0 * m.coverage,
+                100.0 * m.fooled
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "round {}: {:.1} s, {targeted}perturbation norm {:.3} (sends {:.0}% to class {}){mask}{}",
+        r.round,
+        r.seconds,
+        r.perturbation_norm,
+        100.0 * r.perturbed_share,
+        r.perturbed_class,
+        round_metrics(round)
+    )
+}
+
+fn join(classes: &[i64]) -> String {
+    classes
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The line after a scan: the verdict, its evidence, what is left of the
+/// targets found before, and what the plan does with a clean verdict.
+fn scanned_line(when: ScanWhen, verdict: &ibau::sanitize::ScanVerdict, force: bool) -> String {
+    let targets = join(&verdict.targets);
+    let what = match (verdict.verdict, &verdict.untargeted) {
+        (ibau::scan::Verdict::Backdoor, _) if !targets.is_empty() => {
+            format!("backdoor, target class {targets}")
+        }
+        (ibau::scan::Verdict::Backdoor, Some(u)) => format!(
+            "backdoor without one target: a universal mask trigger of {:.1} pixels, {:.1}x smaller than the median class's, moves {:.0}% of the clean images off their class (all-to-all); the mask fallback unlearns it",
+            u.mask,
+            u.score,
+            100.0 * u.moved
+        ),
+        _ => "clean".to_string(),
+    };
+    let note = match (when, verdict.verdict, force) {
+        (ScanWhen::Before, ibau::scan::Verdict::Backdoor, _) | (ScanWhen::AfterRound(_) | ScanWhen::After, _, _) => "",
+        (ScanWhen::Before, _, true) => ": the model shows no backdoor; sanitizing anyway (--force)",
+        (ScanWhen::Before, _, false) => ": the model shows no backdoor; training under an accuracy guard (the last round within 0.5 points of the clean accuracy it started with is written; --force trains without it)",
+    };
+    let residual = verdict
+        .residual
+        .iter()
+        .map(|r| {
+            format!(
+                "; a trigger of the size found before still sends {:.0}% to class {}",
+                100.0 * r.share,
+                r.class
+            )
+        })
+        .collect::<String>();
+    format!(
+        "scan {}: {what} (score {:.2} vs threshold {:.2}, {:.1} s){residual}{note}",
+        when_text(when),
+        verdict.statistic,
+        verdict.threshold,
+        verdict.seconds
+    )
 }

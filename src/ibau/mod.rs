@@ -302,41 +302,95 @@ pub enum Phase {
     Unlearn { step: usize, steps: usize },
 }
 
-/// Runs I-BAU on `model` with the clean batches; `on_step(round, phase)` is
-/// called after each search step and each outer step, and `on_round` after
-/// each round (progress, evaluation). The first batch is the inner-loss
-/// batch, as in the paper.
-pub fn unlearn(
-    model: &dyn Classifier,
-    clean: &[Batch],
-    config: &Config,
-    on_step: &mut dyn FnMut(usize, Phase),
-    on_round: &mut dyn FnMut(&RoundStats) -> Result<std::ops::ControlFlow<()>, TrainError>,
-) -> Result<Vec<RoundStats>, TrainError> {
-    if clean.is_empty() {
-        return Err(TrainError::Config("the clean set is empty".into()));
+/// I-BAU driven round by round: [`Unlearner::next_round`] runs one round
+/// (the perturbation search, then one outer step per clean batch) and
+/// returns what it did; the caller decides between rounds whether to go on
+/// (evaluation, a scan, an accuracy guard), with no callback in between.
+/// The first batch is the inner-loss batch, as in the paper.
+pub struct Unlearner<'a> {
+    model: &'a dyn Classifier,
+    clean: &'a [Batch],
+    config: &'a Config,
+    optimizer: Optimizer,
+    memory: SearchMemory,
+    round: usize,
+}
+
+impl<'a> Unlearner<'a> {
+    /// Seeds tch's generator with `config.seed` and makes the optimiser.
+    pub fn new(
+        model: &'a dyn Classifier,
+        clean: &'a [Batch],
+        config: &'a Config,
+    ) -> Result<Unlearner<'a>, TrainError> {
+        if clean.is_empty() {
+            return Err(TrainError::Config("the clean set is empty".into()));
+        }
+        tch::manual_seed(config.seed);
+        Ok(Unlearner {
+            model,
+            clean,
+            config,
+            optimizer: Optimizer::new(config.optimizer, config.lr, model.parameters())?,
+            memory: SearchMemory::default(),
+            round: 0,
+        })
     }
-    tch::manual_seed(config.seed);
-    let mut optimizer = Optimizer::new(config.optimizer, config.lr, model.parameters())?;
-    let mut stats = Vec::new();
-    let mut memory = SearchMemory::default();
-    for round in 1..=config.rounds {
+
+    /// Rounds run so far.
+    pub fn rounds_done(&self) -> usize {
+        self.round
+    }
+
+    /// Whether `config.rounds` rounds have run.
+    pub fn finished(&self) -> bool {
+        self.round >= self.config.rounds
+    }
+
+    /// Runs the next round; `on_step(phase)` hears of each search step and
+    /// each outer step (progress only: it cannot fail or stop the round).
+    pub fn next_round(&mut self, on_step: &mut dyn FnMut(Phase)) -> Result<RoundStats, TrainError> {
+        self.round += 1;
         let start = std::time::Instant::now();
+        let RoundSearch {
+            perturbations,
+            targeted,
+            trigger,
+        } = self.search(on_step)?;
+        let perturbation = &perturbations[0];
+        let (perturbed_class, perturbed_share) =
+            perturbed_majority(self.model, &self.clean[0].images, perturbation)?;
+        self.unlearn(&perturbations, trigger.as_ref(), on_step)?;
+        let norm = perturbation
+            .f_square()?
+            .f_sum(Kind::Double)?
+            .f_sqrt()?
+            .double_value(&[]);
+        Ok(RoundStats {
+            round: self.round,
+            seconds: start.elapsed().as_secs_f64(),
+            perturbation_norm: norm,
+            perturbed_class,
+            perturbed_share,
+            targeted,
+            mask: trigger.as_ref().map(MaskTrigger::stats),
+        })
+    }
+
+    /// Step 1: the round's perturbations (one, or one per target, and the
+    /// paper's untargeted one with `untargeted`) and the mask trigger (with
+    /// `mask_fallback`).
+    fn search(&mut self, on_step: &mut dyn FnMut(Phase)) -> Result<RoundSearch, TrainError> {
+        let (model, clean, config) = (self.model, self.clean, self.config);
+        let mut progress = |step, steps| on_step(Phase::Search { step, steps });
         let (mut perturbations, targeted) = match config.search {
             Search::Paper => (
-                vec![perturbation_search(
-                    model,
-                    clean,
-                    config,
-                    &mut |step, steps| on_step(round, Phase::Search { step, steps }),
-                )?],
+                vec![perturbation_search(model, clean, config, &mut progress)?],
                 None,
             ),
             Search::Targeted => {
                 let (deltas, found) =
-                    targeted_search(model, clean, config, &mut memory, &mut |step, steps| {
-                        on_step(round, Phase::Search { step, steps })
-                    })?;
+                    targeted_search(model, clean, config, &mut self.memory, &mut progress)?;
                 (deltas, Some(found))
             }
         };
@@ -349,23 +403,34 @@ pub fn unlearn(
                 clean,
                 config,
                 search::MIN_TARGETED_STEPS,
-                &mut |step, steps| on_step(round, Phase::Search { step, steps }),
+                &mut progress,
             )?)
         } else {
             None
         };
-        let perturbation = &perturbations[0];
-        let (perturbed_class, perturbed_share) =
-            perturbed_majority(model, &clean[0].images, perturbation)?;
-        // Several perturbations (several targets, the mask trigger): the
-        // batches take turns, and a clean set of fewer batches than
-        // perturbations goes round again, so that every perturbation is
-        // unlearned in every round.
+        Ok(RoundSearch {
+            perturbations,
+            targeted,
+            trigger,
+        })
+    }
+
+    /// Step 2: one outer step per clean batch. Several perturbations
+    /// (several targets, the mask trigger) take turns over the batches, and
+    /// a clean set of fewer batches than perturbations goes round again, so
+    /// that every perturbation is unlearned in every round.
+    fn unlearn(
+        &mut self,
+        perturbations: &[Tensor],
+        trigger: Option<&MaskTrigger>,
+        on_step: &mut dyn FnMut(Phase),
+    ) -> Result<(), TrainError> {
+        let (model, clean, config) = (self.model, self.clean, self.config);
         let turns = perturbations.len() + usize::from(trigger.is_some());
         let outer_steps = clean.len().max(turns);
         for b in 0..outer_steps {
             let batch = &clean[b % clean.len()];
-            let grads = match (perturbations.get(b % turns), &trigger) {
+            let grads = match (perturbations.get(b % turns), trigger) {
                 (Some(perturbation), _) => {
                     let mask = poison_mask(&batch.images, config.poison_share)?;
                     hypergradient(model, perturbation, batch, &mask, &clean[0], config)?
@@ -374,34 +439,37 @@ pub fn unlearn(
                 (None, Some(t)) => mask_gradient(model, t, batch)?,
                 (None, None) => continue,
             };
-            optimizer.step(model.parameters(), &grads)?;
-            on_step(
-                round,
-                Phase::Unlearn {
-                    step: b + 1,
-                    steps: outer_steps,
-                },
-            );
+            self.optimizer.step(model.parameters(), &grads)?;
+            on_step(Phase::Unlearn {
+                step: b + 1,
+                steps: outer_steps,
+            });
         }
-        let norm = perturbation
-            .f_square()?
-            .f_sum(Kind::Double)?
-            .f_sqrt()?
-            .double_value(&[]);
-        let s = RoundStats {
-            round,
-            seconds: start.elapsed().as_secs_f64(),
-            perturbation_norm: norm,
-            perturbed_class,
-            perturbed_share,
-            targeted,
-            mask: trigger.as_ref().map(MaskTrigger::stats),
-        };
-        let flow = on_round(&s)?;
-        stats.push(s);
-        if flow.is_break() {
-            break;
-        }
+        Ok(())
+    }
+}
+
+/// What step 1 of a round found.
+struct RoundSearch {
+    perturbations: Vec<Tensor>,
+    targeted: Option<TargetedStats>,
+    trigger: Option<MaskTrigger>,
+}
+
+/// Runs every round of I-BAU on `model` with the clean batches
+/// ([`Unlearner`] without decisions between rounds); `on_step(round, phase)`
+/// hears of each step.
+pub fn unlearn(
+    model: &dyn Classifier,
+    clean: &[Batch],
+    config: &Config,
+    on_step: &mut dyn FnMut(usize, Phase),
+) -> Result<Vec<RoundStats>, TrainError> {
+    let mut unlearner = Unlearner::new(model, clean, config)?;
+    let mut stats = Vec::new();
+    while !unlearner.finished() {
+        let round = unlearner.rounds_done() + 1;
+        stats.push(unlearner.next_round(&mut |phase| on_step(round, phase))?);
     }
     Ok(stats)
 }

@@ -2,6 +2,7 @@
 //! tract) and compare with the tch import. ONNX Runtime is the reference every
 //! written file is checked against; tract is a second opinion.
 
+pub mod gate;
 pub mod ort_runtime;
 pub mod tract_runtime;
 
