@@ -282,7 +282,7 @@ fn the_papers_search_removes_the_badnets_backdoor_within_three_rounds() {
 
 /// Slow (about a minute): ibau's defaults (the targeted search) on the JAX
 /// CNN export, where the paper's search leaves ASR at 66% after 5 rounds
-/// (README): ASR under 20% within 5 rounds, at most 3 points of ACC lost,
+/// (docs/limits.md): ASR under 20% within 5 rounds, at most 3 points of ACC lost,
 /// every round unlearning the backdoor's target class, and the written file
 /// passes `ibau verify`.
 #[test]

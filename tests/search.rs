@@ -1,7 +1,7 @@
 //! The targeted perturbation search on a real poisoned export: the JAX CNN
 //! (jax2onnx, NHWC input), whose backdoor sends a 3x3 white patch at row 0,
 //! column 24 to class 5, and on which the paper's untargeted search finds a
-//! natural perturbation towards class 8 instead (README, known limits).
+//! natural perturbation towards class 8 instead (docs/limits.md).
 
 use std::path::Path;
 

@@ -37,7 +37,7 @@ pub struct Args {
     pub preprocess: PreprocessArgs,
     #[arg(long, default_value = "auto", value_parser = super::parse_device)]
     pub device: tch::Device,
-    /// Print {"acc", "asr", "attacks", "samples"} as JSON (schema in README.md).
+    /// Print {"acc", "asr", "attacks", "samples"} as JSON (schema in docs/schemas.md).
     #[arg(long)]
     pub json: bool,
 }

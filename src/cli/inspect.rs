@@ -13,7 +13,7 @@ pub struct Args {
     /// The model: an ONNX file or a TorchScript file (`torch.jit.save`).
     #[arg(value_parser = super::existing_file)]
     pub model: PathBuf,
-    /// Print the summary as JSON (schema in README.md) instead of text.
+    /// Print the summary as JSON (schema in docs/schemas.md) instead of text.
     #[arg(long)]
     pub json: bool,
     /// Freeze initializers whose name matches this regular expression.

@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "S[,S..]", value_parser = super::positive_number)]
     pub std: Vec<f64>,
     /// A JSON manifest with per-model clean data and preprocessing (see
-    /// README, "Registry runs").
+    /// docs/commands.md, "Registry runs").
     #[arg(long, value_parser = super::existing_file)]
     pub manifest: Option<PathBuf>,
     /// Flag a class whose score is above this (default: the documented
@@ -123,7 +123,7 @@ pub struct Args {
 /// Where a scan report goes (`scan` and `merge`).
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// Print the report as JSON on stdout (schema in README).
+    /// Print the report as JSON on stdout (schema in docs/schemas.md).
     #[arg(long)]
     pub json: bool,
     /// Write the JSON report to this file.

@@ -37,7 +37,7 @@ pub struct Args {
     /// Skip tract (ONNX Runtime is always run).
     #[arg(long)]
     pub no_tract: bool,
-    /// Print the result as JSON (schema in README.md).
+    /// Print the result as JSON (schema in docs/schemas.md).
     #[arg(long)]
     pub json: bool,
 }

@@ -13,7 +13,7 @@
 //!   target). Measured on Keras, JAX and PyTorch exports, the paper's
 //!   search finds a natural universal perturbation (a "bag" or "sandal"
 //!   shape that fools 100% of a batch at radius 10) rather than the
-//!   trigger, and the backdoor stays; see README.md.
+//!   trigger, and the backdoor stays; see docs/limits.md.
 
 use tch::{Kind, Reduction, Tensor};
 

@@ -36,7 +36,7 @@ use crate::search::Found;
 /// one- or two-target models that were not fixtures; three leaves room for
 /// two targets and one natural class). Off by default: measured on the
 /// zoo, it recovers smaller masks for true targets and for natural classes
-/// alike (README, "Scan"), so it does not yet change the verdict for the
+/// alike (docs/scan.md), so it does not yet change the verdict for the
 /// better and it costs 4 to 10 times the cheap pass.
 pub const SUGGESTED_FOCUS: usize = 3;
 /// Steps of each thorough search.
