@@ -97,6 +97,16 @@ pub struct Args {
     /// Early stop of the fixed-point iterations (||v_k - v_k-1|| below it).
     #[arg(long, default_value_t = 1e-10, value_parser = super::non_negative_number, allow_negative_numbers = true)]
     pub fixed_point_tolerance: f64,
+    /// Pull the trained weights back towards the model's own with this
+    /// weight: each outer step's gradient gets `anchor * (theta - theta_0)`
+    /// (0: none, as the paper). Experimental: for small clean sets.
+    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative_number, allow_negative_numbers = true)]
+    pub anchor: f64,
+    /// Shift each outer batch by a random translation of up to 2 pixels
+    /// (edges replicated) before it is perturbed. Experimental: for small
+    /// clean sets.
+    #[arg(long)]
+    pub augment: bool,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = super::parse_device)]
     pub device: tch::Device,
@@ -309,6 +319,8 @@ fn sanitize_config(args: &Args) -> anyhow::Result<SanitizeConfig> {
         poison_share: args.poison_share,
         tolerance: args.fixed_point_tolerance,
         seed: args.seed,
+        anchor: args.anchor,
+        augment: args.augment,
     };
     let scan = (!args.no_scan).then(|| ibau::scan::ScanConfig {
         max_batch: ibau.max_batch_or_default(),

@@ -81,7 +81,25 @@ pub struct Config {
     /// Early stop of the fixed-point iterations.
     pub tolerance: f64,
     pub seed: i64,
+    /// Weight `lambda` of `lambda / 2 * ||theta - theta_0||^2`, a pull of
+    /// every trained tensor back towards its value before the first round,
+    /// added to each outer step's gradient (`0`: none, the paper).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub anchor: f64,
+    /// Shift each outer batch's images by a random translation of up to
+    /// [`AUGMENT_SHIFT`] pixels (edges replicated) before the perturbation
+    /// goes on (`false`: the paper). Images that are not `[N, C, H, W]`
+    /// are left as they are.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub augment: bool,
 }
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// The largest shift, in pixels, of [`Config::augment`].
+pub const AUGMENT_SHIFT: i64 = 2;
 
 impl Config {
     /// Perturbed images per forward pass of the searches: `max_batch`, or
@@ -113,6 +131,8 @@ impl Default for Config {
             poison_share: 0.01,
             tolerance: 1e-10,
             seed: 0,
+            anchor: 0.0,
+            augment: false,
         }
     }
 }
@@ -314,6 +334,8 @@ pub struct Unlearner<'a> {
     optimizer: Optimizer,
     memory: SearchMemory,
     round: usize,
+    /// The trained tensors before the first round (with `anchor`).
+    initial: Vec<Tensor>,
 }
 
 impl<'a> Unlearner<'a> {
@@ -327,6 +349,15 @@ impl<'a> Unlearner<'a> {
             return Err(TrainError::Config("the clean set is empty".into()));
         }
         tch::manual_seed(config.seed);
+        let initial = if config.anchor > 0.0 {
+            model
+                .parameters()
+                .iter()
+                .map(|p| p.f_detach_copy())
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Unlearner {
             model,
             clean,
@@ -334,6 +365,7 @@ impl<'a> Unlearner<'a> {
             optimizer: Optimizer::new(config.optimizer, config.lr, model.parameters())?,
             memory: SearchMemory::default(),
             round: 0,
+            initial,
         })
     }
 
@@ -429,8 +461,15 @@ impl<'a> Unlearner<'a> {
         let turns = perturbations.len() + usize::from(trigger.is_some());
         let outer_steps = clean.len().max(turns);
         for b in 0..outer_steps {
-            let batch = &clean[b % clean.len()];
-            let grads = match (perturbations.get(b % turns), trigger) {
+            let shifted;
+            let batch = match config.augment {
+                true => {
+                    shifted = augment(&clean[b % clean.len()])?;
+                    &shifted
+                }
+                false => &clean[b % clean.len()],
+            };
+            let mut grads = match (perturbations.get(b % turns), trigger) {
                 (Some(perturbation), _) => {
                     let mask = poison_mask(&batch.images, config.poison_share)?;
                     hypergradient(model, perturbation, batch, &mask, &clean[0], config)?
@@ -439,6 +478,10 @@ impl<'a> Unlearner<'a> {
                 (None, Some(t)) => mask_gradient(model, t, batch)?,
                 (None, None) => continue,
             };
+            for ((g, p), p0) in grads.iter_mut().zip(model.parameters()).zip(&self.initial) {
+                let pull = tch::no_grad(|| p.f_sub(p0))?.f_mul_scalar(config.anchor)?;
+                *g = g.f_add(&pull)?;
+            }
             self.optimizer.step(model.parameters(), &grads)?;
             on_step(Phase::Unlearn {
                 step: b + 1,
@@ -447,6 +490,29 @@ impl<'a> Unlearner<'a> {
         }
         Ok(())
     }
+}
+
+/// `batch` with its images shifted by one random translation of up to
+/// [`AUGMENT_SHIFT`] pixels in each direction, edges replicated (tch's
+/// seeded generator draws the shift); images that are not `[N, C, H, W]`
+/// come back as they are.
+fn augment(batch: &Batch) -> Result<Batch, TrainError> {
+    let size = batch.images.size();
+    if size.len() != 4 {
+        return Ok(batch.shallow_clone());
+    }
+    let s = AUGMENT_SHIFT;
+    let shift = Tensor::f_randint_low(0, 2 * s + 1, [2], (Kind::Int64, Device::Cpu))?;
+    let (dy, dx) = (shift.int64_value(&[0]), shift.int64_value(&[1]));
+    let padded = batch.images.f_pad([s, s, s, s], "replicate", None)?;
+    let images = padded
+        .f_narrow(2, dy, size[2])?
+        .f_narrow(3, dx, size[3])?
+        .f_contiguous()?;
+    Ok(Batch {
+        images,
+        labels: batch.labels.shallow_clone(),
+    })
 }
 
 /// What step 1 of a round found.
@@ -472,4 +538,39 @@ pub fn unlearn(
         stats.push(unlearner.next_round(&mut |phase| on_step(round, phase))?);
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augment_shifts_images_by_at_most_two_pixels() {
+        tch::manual_seed(3);
+        // A single bright pixel in the middle of a 9x9 image.
+        let images = Tensor::zeros([1, 1, 9, 9], (Kind::Float, Device::Cpu));
+        let _ = images.narrow(2, 4, 1).narrow(3, 4, 1).fill_(1.0);
+        let batch = Batch {
+            images,
+            labels: Tensor::from_slice(&[3i64]),
+        };
+        let mut moved = false;
+        for _ in 0..20 {
+            let shifted = augment(&batch).unwrap();
+            assert_eq!(shifted.images.size(), vec![1, 1, 9, 9]);
+            assert_eq!(shifted.labels.int64_value(&[0]), 3);
+            let at = shifted.images.view([-1]).argmax(0, false).int64_value(&[]);
+            let (row, col) = (at / 9, at % 9);
+            assert!((row - 4).abs() <= AUGMENT_SHIFT && (col - 4).abs() <= AUGMENT_SHIFT);
+            assert_eq!(shifted.images.sum(Kind::Float).double_value(&[]), 1.0);
+            moved |= (row, col) != (4, 4);
+        }
+        assert!(moved, "twenty draws never shifted");
+        // Flat inputs are left alone.
+        let flat = Batch {
+            images: Tensor::ones([2, 81], (Kind::Float, Device::Cpu)),
+            labels: Tensor::from_slice(&[0i64, 1]),
+        };
+        assert_eq!(augment(&flat).unwrap().images.size(), vec![2, 81]);
+    }
 }
