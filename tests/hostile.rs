@@ -969,7 +969,15 @@ fn the_memory_budget_fits_the_machine() {
     let out = run(&["eval", s(&vgg), "--data", s(&bomb)]);
     assert_refused(&out, "true-images-idx3-ubyte.gz");
     assert!(out.stderr.contains("memory budget"), "{}", out.stderr);
-    assert!(out.stderr.contains("address-space limit"), "{}", out.stderr);
+    // Half of the address space left, or less where the machine has less
+    // (a small runner's available memory or cgroup limit).
+    assert!(
+        ["address-space limit", "available memory", "cgroup"]
+            .iter()
+            .any(|origin| out.stderr.contains(origin)),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.max_rss_kib < 512 << 10,
         "peak memory {} MiB: the stream was inflated",
