@@ -186,13 +186,8 @@ fn sanitize_protocol(
     target: &str,
     extra: &[&str],
 ) -> (serde_json::Value, PathBuf) {
-    let output = dir.join(fixture.replace(".onnx", "_clean.onnx"));
-    let report = dir.join("report.json");
-    let model = common::fixture(fixture);
     let mut args = vec![
-        "sanitize",
         "--no-scan",
-        model.to_str().unwrap(),
         "--clean",
         FASHION,
         "--clean-range",
@@ -207,19 +202,37 @@ fn sanitize_protocol(
         target,
         "--seed",
         "0",
+    ];
+    args.extend_from_slice(extra);
+    let (json, err, output) = sanitize_report(dir, fixture, &args);
+    eprintln!("{err}");
+    (json, output)
+}
+
+/// `ibau sanitize FIXTURE ARGS --device cpu -o DIR/.. --report DIR/..`,
+/// which must succeed: its report, stderr and output path.
+fn sanitize_report(
+    dir: &Path,
+    fixture: &str,
+    args: &[&str],
+) -> (serde_json::Value, String, PathBuf) {
+    let output = dir.join(fixture.replace(".onnx", "_clean.onnx"));
+    let report = dir.join("report.json");
+    let model = common::fixture(fixture);
+    let mut all = vec!["sanitize", model.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
         "--device",
         "cpu",
         "-o",
         output.to_str().unwrap(),
         "--report",
         report.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let out = ibau(&args);
+    ]);
+    let out = ibau(&all);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    eprintln!("{}", stderr(&out));
     let json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    (json, output)
+    (json, stderr(&out), output)
 }
 
 /// The report's ACC/ASR before and after.
@@ -590,4 +603,42 @@ fn an_all_to_all_backdoor_goes_with_the_mask_fallback() {
     let mask = &json["rounds"][0]["mask"];
     let coverage = mask["coverage"].as_f64().unwrap();
     assert!(coverage > 0.0 && coverage < 0.25, "{mask}");
+}
+
+/// `--mask-targets` unlearns a mask trigger of the flagged class's own: on
+/// the JAX MLP (the scan flags class 8) each round's `mask` names class 8
+/// and sends most clean images there; without the option the report's
+/// config has no `mask_targets` and the rounds no `mask`.
+#[test]
+fn mask_targets_unlearn_a_mask_trigger_of_the_flagged_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--clean",
+            FASHION,
+            "--clean-range",
+            "0:500",
+            "--rounds",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let (json, err, _) = sanitize_report(dir.path(), "jax_mlp.onnx", &args);
+        (json, err)
+    };
+    let (json, err) = run(&["--mask-targets"]);
+    assert_eq!(
+        json["scan_before"]["targets"],
+        serde_json::json!([8]),
+        "{json}"
+    );
+    assert_eq!(json["config"]["mask_targets"], serde_json::json!([8]));
+    for round in json["rounds"].as_array().unwrap() {
+        let mask = &round["mask"];
+        assert_eq!(mask["class"], 8, "{mask}");
+        assert!(mask["fooled"].as_f64().unwrap() > 0.5, "{mask}");
+    }
+    assert!(err.contains("to class 8"), "{err}");
+    let (json, _) = run(&[]);
+    assert!(json["config"].get("mask_targets").is_none(), "{json}");
+    assert!(json["rounds"][0].get("mask").is_none(), "{json}");
 }

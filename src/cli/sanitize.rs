@@ -176,6 +176,13 @@ pub struct Args {
     /// with the targeted search.
     #[arg(long)]
     pub mask_fallback: bool,
+    /// Also unlearn, for each class the scan before flags, a mask trigger
+    /// of its own (Neural Cleanse's form, searched towards that class each
+    /// round) besides its additive perturbation: for patch backdoors, which
+    /// the additive search does not reproduce. Experimental, off by
+    /// default. Only with the targeted search.
+    #[arg(long)]
+    pub mask_targets: bool,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -282,6 +289,7 @@ fn sanitize_config(args: &Args) -> anyhow::Result<SanitizeConfig> {
     for (given, option) in [
         (args.untargeted, "--untargeted"),
         (args.mask_fallback, "--mask-fallback"),
+        (args.mask_targets, "--mask-targets"),
     ] {
         if given && search == Search::Paper {
             anyhow::bail!(
@@ -309,6 +317,7 @@ fn sanitize_config(args: &Args) -> anyhow::Result<SanitizeConfig> {
         targets: Vec::new(),
         untargeted: args.untargeted,
         mask_fallback: args.mask_fallback,
+        mask_targets: Vec::new(),
         perturbation_lr: args
             .perturbation_lr
             .unwrap_or(Config::default().perturbation_lr),
@@ -336,6 +345,7 @@ fn sanitize_config(args: &Args) -> anyhow::Result<SanitizeConfig> {
         scan,
         until_clean: args.until_clean,
         force: args.force,
+        mask_targets: args.mask_targets,
     })
 }
 
@@ -593,11 +603,14 @@ fn round_line(round: &ibau::sanitize::Round) -> String {
         .mask
         .as_ref()
         .map(|m| {
+            let does = match m.class {
+                Some(c) => format!("sends {:.0}% to class {c}", 100.0 * m.fooled),
+                None => format!("moves {:.0}% off their class", 100.0 * m.fooled),
+            };
             format!(
-                ", mask trigger of {:.1} elements ({:.1}% of the input) moves {:.0}% off their class",
+                ", mask trigger of {:.1} elements ({:.1}% of the input) {does}",
                 m.size,
                 100.0 * m.coverage,
-                100.0 * m.fooled
             )
         })
         .unwrap_or_default();

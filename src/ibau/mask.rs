@@ -33,8 +33,11 @@ pub struct MaskTrigger {
     /// The mask's L1 size the search settled at (mean of its last steps), in
     /// input elements.
     pub size: f64,
-    /// Share of the last step's images the trigger moved off their class.
+    /// Share of the last step's images the trigger moved off their class
+    /// (untargeted) or sent to `class`.
     pub fooled: f64,
+    /// The class a targeted trigger sends images to; `None`: untargeted.
+    pub class: Option<i64>,
 }
 
 impl MaskTrigger {
@@ -52,6 +55,7 @@ impl MaskTrigger {
             size: self.size,
             coverage: self.size / elements,
             fooled: self.fooled,
+            class: self.class,
         }
     }
 }
@@ -63,8 +67,13 @@ pub struct MaskStats {
     /// covers.
     pub size: f64,
     pub coverage: f64,
-    /// Share of the last search step's images it moved off their class.
+    /// Share of the last search step's images it moved off their class
+    /// (untargeted) or sent to `class`.
     pub fooled: f64,
+    /// The class of a targeted trigger (`--mask-targets`); absent when
+    /// untargeted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<i64>,
 }
 
 /// The untargeted mask search on the clean batches, by the one engine
@@ -80,6 +89,41 @@ pub fn untargeted_mask_search(
     min_steps: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<MaskTrigger, TrainError> {
+    mask_search(
+        model,
+        batches,
+        config,
+        &Goal::Untargeted,
+        min_steps,
+        progress,
+    )?
+    .pop()
+    .ok_or_else(|| TrainError::Config("the mask search found no mask".into()))
+}
+
+/// The mask search of [`untargeted_mask_search`] towards `classes`: one
+/// mask trigger per class, each the smallest that sends 90% of the clean
+/// images to its class (Neural Cleanse's reverse-engineered trigger).
+pub fn targeted_mask_search(
+    model: &dyn Classifier,
+    batches: &[Batch],
+    config: &Config,
+    classes: &[i64],
+    min_steps: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<MaskTrigger>, TrainError> {
+    let goal = Goal::Classes(classes.to_vec());
+    mask_search(model, batches, config, &goal, min_steps, progress)
+}
+
+fn mask_search(
+    model: &dyn Classifier,
+    batches: &[Batch],
+    config: &Config,
+    goal: &Goal,
+    min_steps: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<MaskTrigger>, TrainError> {
     let first = batches
         .first()
         .ok_or_else(|| TrainError::Config("the clean set is empty".into()))?;
@@ -107,21 +151,30 @@ pub fn untargeted_mask_search(
         &mut |x: &Tensor| model.logits(x),
         &mut images,
         Family::Mask,
-        &Goal::Untargeted,
+        goal,
         space,
         &Budget::new(steps, max_batch),
         progress,
     )?;
-    let [mask, pattern]: [Tensor; 2] = found
-        .trigger(0)?
-        .try_into()
-        .map_err(|_| TrainError::Config("the mask search found no mask".into()))?;
-    Ok(MaskTrigger {
-        mask,
-        pattern,
-        size: found.budgets[0],
-        fooled: found.reached[0],
-    })
+    let classes: Vec<Option<i64>> = match goal {
+        Goal::Classes(classes) => classes.iter().copied().map(Some).collect(),
+        Goal::Untargeted => vec![None],
+    };
+    (0..classes.len())
+        .map(|i| {
+            let [mask, pattern]: [Tensor; 2] = found
+                .trigger(i)?
+                .try_into()
+                .map_err(|_| TrainError::Config("the mask search found no mask".into()))?;
+            Ok(MaskTrigger {
+                mask,
+                pattern,
+                size: found.budgets[i],
+                fooled: found.reached[i],
+                class: classes[i],
+            })
+        })
+        .collect()
 }
 
 /// The outer step's gradient for a mask trigger: the clean loss of `batch`

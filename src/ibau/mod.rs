@@ -21,7 +21,9 @@ mod search;
 use tch::{Device, Kind, Reduction, Tensor};
 
 pub use crate::search::{fooled_shares, narrows, screen, screen_steps, DEFAULT_CANDIDATES};
-pub use mask::{mask_gradient, untargeted_mask_search, MaskStats, MaskTrigger, MASK_SHARE};
+pub use mask::{
+    mask_gradient, targeted_mask_search, untargeted_mask_search, MaskStats, MaskTrigger, MASK_SHARE,
+};
 pub use optim::{Optimizer, OptimizerKind};
 pub use search::{
     perturbation_search, project, targeted_search, Search, SearchMemory, TargetedStats,
@@ -65,6 +67,12 @@ pub struct Config {
     /// in every round of the targeted search ([`untargeted_mask_search`]):
     /// the fallback for a backdoor the scan does not see (all-to-all).
     pub mask_fallback: bool,
+    /// Classes to unlearn a mask trigger of their own for, in every round
+    /// of the targeted search, besides their additive perturbation
+    /// ([`targeted_mask_search`]: Neural Cleanse's reverse-engineered
+    /// trigger, for patch backdoors). Empty: none, as before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mask_targets: Vec<i64>,
     /// SGD learning rate of the perturbation search.
     pub perturbation_lr: f64,
     /// Radius of the L2 ball the perturbation is projected into.
@@ -123,6 +131,7 @@ impl Default for Config {
             targets: Vec::new(),
             untargeted: false,
             mask_fallback: false,
+            mask_targets: Vec::new(),
             perturbation_lr: 10.0,
             perturbation_radius: 10.0,
             perturbation_steps: None,
@@ -387,12 +396,12 @@ impl<'a> Unlearner<'a> {
         let RoundSearch {
             perturbations,
             targeted,
-            trigger,
+            triggers,
         } = self.search(on_step)?;
         let perturbation = &perturbations[0];
         let (perturbed_class, perturbed_share) =
             perturbed_majority(self.model, &self.clean[0].images, perturbation)?;
-        self.unlearn(&perturbations, trigger.as_ref(), on_step)?;
+        self.unlearn(&perturbations, &triggers, on_step)?;
         let norm = perturbation
             .f_square()?
             .f_sum(Kind::Double)?
@@ -405,7 +414,7 @@ impl<'a> Unlearner<'a> {
             perturbed_class,
             perturbed_share,
             targeted,
-            mask: trigger.as_ref().map(MaskTrigger::stats),
+            mask: triggers.first().map(MaskTrigger::stats),
         })
     }
 
@@ -429,21 +438,31 @@ impl<'a> Unlearner<'a> {
         if config.untargeted && config.search == Search::Targeted {
             perturbations.push(perturbation_search(model, clean, config, &mut |_, _| {})?);
         }
-        let trigger = if config.mask_fallback && config.search == Search::Targeted {
-            Some(untargeted_mask_search(
+        let targeted_search_on = config.search == Search::Targeted;
+        let mut triggers = Vec::new();
+        if config.mask_fallback && targeted_search_on {
+            triggers.push(untargeted_mask_search(
                 model,
                 clean,
                 config,
                 search::MIN_TARGETED_STEPS,
                 &mut progress,
-            )?)
-        } else {
-            None
-        };
+            )?);
+        }
+        if !config.mask_targets.is_empty() && targeted_search_on {
+            triggers.extend(targeted_mask_search(
+                model,
+                clean,
+                config,
+                &config.mask_targets,
+                search::MIN_TARGETED_STEPS,
+                &mut progress,
+            )?);
+        }
         Ok(RoundSearch {
             perturbations,
             targeted,
-            trigger,
+            triggers,
         })
     }
 
@@ -454,11 +473,11 @@ impl<'a> Unlearner<'a> {
     fn unlearn(
         &mut self,
         perturbations: &[Tensor],
-        trigger: Option<&MaskTrigger>,
+        triggers: &[MaskTrigger],
         on_step: &mut dyn FnMut(Phase),
     ) -> Result<(), TrainError> {
         let (model, clean, config) = (self.model, self.clean, self.config);
-        let turns = perturbations.len() + usize::from(trigger.is_some());
+        let turns = perturbations.len() + triggers.len();
         let outer_steps = clean.len().max(turns);
         for b in 0..outer_steps {
             let shifted;
@@ -469,14 +488,14 @@ impl<'a> Unlearner<'a> {
                 }
                 false => &clean[b % clean.len()],
             };
-            let mut grads = match (perturbations.get(b % turns), trigger) {
-                (Some(perturbation), _) => {
+            let turn = b % turns;
+            let mut grads = match perturbations.get(turn) {
+                Some(perturbation) => {
                     let mask = poison_mask(&batch.images, config.poison_share)?;
                     hypergradient(model, perturbation, batch, &mask, &clean[0], config)?
                 }
-                // The turn after the perturbations' is the mask trigger's.
-                (None, Some(t)) => mask_gradient(model, t, batch)?,
-                (None, None) => continue,
+                // The turns after the perturbations' are the mask triggers'.
+                None => mask_gradient(model, &triggers[turn - perturbations.len()], batch)?,
             };
             for ((g, p), p0) in grads.iter_mut().zip(model.parameters()).zip(&self.initial) {
                 let pull = tch::no_grad(|| p.f_sub(p0))?.f_mul_scalar(config.anchor)?;
@@ -519,7 +538,9 @@ fn augment(batch: &Batch) -> Result<Batch, TrainError> {
 struct RoundSearch {
     perturbations: Vec<Tensor>,
     targeted: Option<TargetedStats>,
-    trigger: Option<MaskTrigger>,
+    /// The untargeted mask trigger (`mask_fallback`) first, then one per
+    /// `mask_targets` class.
+    triggers: Vec<MaskTrigger>,
 }
 
 /// Runs every round of I-BAU on `model` with the clean batches

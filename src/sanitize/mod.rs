@@ -50,6 +50,9 @@ pub struct SanitizeConfig {
     /// are then left as they are: unlearning a backdoor that is not there
     /// only costs accuracy).
     pub force: bool,
+    /// Unlearn a mask trigger of its own for each class the scan before
+    /// flags ([`Config::mask_targets`]).
+    pub mask_targets: bool,
 }
 
 /// A model the scan finds clean may not end more than this share of clean

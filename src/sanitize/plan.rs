@@ -59,10 +59,16 @@ impl Plan {
         // trigger too. Every class the scan flags is unlearned.
         let all_to_all =
             scan_before.is_some_and(|v| v.verdict == Verdict::Backdoor && v.targets.is_empty());
+        let targets = scan_before.map(|v| v.targets.clone()).unwrap_or_default();
         let ibau = Config {
             rounds: if declined { 0 } else { config.ibau.rounds },
             mask_fallback: config.ibau.mask_fallback || all_to_all,
-            targets: scan_before.map(|v| v.targets.clone()).unwrap_or_default(),
+            mask_targets: if config.mask_targets {
+                targets.clone()
+            } else {
+                Vec::new()
+            },
+            targets,
             ..config.ibau.clone()
         };
         Ok(Plan {
