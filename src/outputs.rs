@@ -628,7 +628,7 @@ mod tests {
         assert!(ours.is_dir() && live_tmp.exists() && link.is_symlink());
         let line = describe_removed(&plan.removed).unwrap();
         assert!(
-            line.contains("1 file") && line.contains(".ibau-staging-4194304"),
+            line.contains("removed 1 leftover of") && line.contains(".ibau-staging-4194304"),
             "{line}"
         );
         drop((plan, other, held));
