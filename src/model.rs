@@ -337,21 +337,26 @@ fn import_fixed_batch(
 }
 
 /// Whether `output` is computed from `input` along the graph's nodes (in
-/// file order, which ONNX requires to be topological). A node with a
+/// any order: passes repeat until nothing new is reached). A node with a
 /// subgraph attribute (If, Loop, Scan) reads outer values its inputs do not
 /// list, so it counts as depending on the input.
 fn depends_on(graph: &crate::onnx::proto::GraphProto, input: &str, output: &str) -> bool {
     let mut reached: std::collections::HashSet<&str> = [input].into_iter().collect();
-    for node in &graph.node {
-        let subgraph = node
-            .attribute
-            .iter()
-            .any(|a| a.g.is_some() || !a.graphs.is_empty());
-        if subgraph || node.input.iter().any(|i| reached.contains(i.as_str())) {
-            reached.extend(node.output.iter().map(String::as_str));
+    loop {
+        let before = reached.len();
+        for node in &graph.node {
+            let subgraph = node
+                .attribute
+                .iter()
+                .any(|a| a.g.is_some() || !a.graphs.is_empty());
+            if subgraph || node.input.iter().any(|i| reached.contains(i.as_str())) {
+                reached.extend(node.output.iter().map(String::as_str));
+            }
+        }
+        if reached.len() == before {
+            return reached.contains(output);
         }
     }
-    reached.contains(output)
 }
 
 /// Loads and imports `path` for `device`.
