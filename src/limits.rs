@@ -139,7 +139,7 @@ pub mod machine {
     }
 
     /// A `Key:   123 kB` line of a /proc status file, in bytes.
-    fn status_bytes(text: &str, key: &str) -> Option<u64> {
+    pub(crate) fn status_bytes(text: &str, key: &str) -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(key))?;
         let kib: u64 = line[key.len()..]
             .trim()
@@ -341,12 +341,7 @@ mod tests {
         let (bytes, origin) = machine::available().expect("Linux tells available memory");
         assert!(bytes > 0, "{origin}");
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-        let total = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-            * 1024;
+        let total = machine::status_bytes(&meminfo, "MemTotal:").unwrap();
         assert!(bytes <= total, "{origin}");
         let b = budget();
         if std::env::var_os(BUDGET_VARIABLE).is_none() {
