@@ -993,6 +993,19 @@ fn the_memory_budget_fits_the_machine() {
     assert_refused(&raised, "true-images-idx3-ubyte.gz");
     assert_eq!(before, snapshot(dir.path()), "an input changed");
 
+    // A model file larger than the budget is refused before it is read.
+    let small = run_with(
+        &["inspect", s(&vgg)],
+        &[("IBAU_MEMORY_BUDGET", "64K")],
+        None,
+    );
+    assert_refused(&small, VGG);
+    assert!(
+        small.stderr.contains("reading and decoding it"),
+        "{}",
+        small.stderr
+    );
+
     // A TorchScript archive whose first weight record inflates to 1.5 GiB:
     // libtorch's loader would allocate it; the archive is inspected first.
     let ts = dir.path().join("inflating.pt");
